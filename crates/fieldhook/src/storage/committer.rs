@@ -1,0 +1,178 @@
+//! Group commit. Every write of the server — an API change with its outbox
+//! event, a delivery claim, a delivery result — is a job sent to the
+//! committer, which runs the jobs that arrived together in ONE transaction on
+//! one connection and commits (one fsync) for all of them. Each job runs in a
+//! savepoint, so one failing job rolls back only itself. A job's caller gets
+//! its answer only after the commit succeeded: acknowledged means durable.
+
+use crate::error::{Error, Result};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// How many jobs at most share one transaction. Large enough to amortise the
+/// fsync, small enough that one batch does not hold the writer for long.
+const MAX_BATCH: usize = 512;
+
+/// What a job reports back to the committer: whether to keep its writes, and
+/// how to answer its caller once the fate of the transaction is known.
+struct Ran {
+    keep: bool,
+    answer: Box<dyn FnOnce(std::result::Result<(), Arc<sqlx::Error>>) + Send>,
+}
+
+type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
+
+/// Handle to the committer task; cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Job>,
+    /// Signalled after every successful commit, so that the delivery engine
+    /// picks up new requests at once instead of polling.
+    pub committed: Arc<Notify>,
+}
+
+impl Committer {
+    /// Starts the committer on a dedicated connection of `pool`.
+    pub fn start(pool: AnyPool) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+        let committed = Arc::new(Notify::new());
+        tokio::spawn(run(pool, rx, committed.clone()));
+        Self { tx, committed }
+    }
+
+    /// Runs `f` inside the next group transaction and returns its result once
+    /// that transaction has committed. If `f` fails, its writes are rolled
+    /// back (and only its writes).
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let outcome = AssertUnwindSafe(f(conn)).catch_unwind().await.unwrap_or_else(|_| {
+                    Err(Error::Internal(anyhow::anyhow!("a write job panicked")))
+                });
+                let keep = outcome.is_ok();
+                Ran {
+                    keep,
+                    answer: Box::new(move |commit| {
+                        let result = match commit {
+                            Ok(()) => outcome,
+                            Err(e) => Err(Error::Internal(anyhow::anyhow!("commit failed: {e}"))),
+                        };
+                        let _ = reply.send(result);
+                    }),
+                }
+            })
+        });
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the committer has stopped")))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the committer dropped a job")))?
+    }
+}
+
+async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
+    let mut conn: Option<PoolConnection<Any>> = None;
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match pool.acquire().await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    // Dropping the jobs drops their reply channels: each caller
+                    // gets an internal error, nothing was written.
+                    tracing::error!(error = %e, "committer cannot get a database connection");
+                    batch.clear();
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        match run_batch(c, &mut batch).await {
+            Ok(()) => committed.notify_waiters(),
+            Err(e) => {
+                // The connection may be broken: start the next batch on a new one.
+                tracing::error!(error = %e, "group commit failed");
+                if let Some(c) = conn.take() {
+                    let _ = c.detach().close().await;
+                }
+            }
+        }
+    }
+}
+
+async fn run_batch(conn: &mut AnyConnection, batch: &mut Vec<Job>) -> std::result::Result<(), Arc<sqlx::Error>> {
+    let single = batch.len() == 1;
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            batch.clear();
+            return Err(Arc::new(e));
+        }
+    };
+    let mut failure: Option<sqlx::Error> = None;
+    for job in batch.drain(..) {
+        if failure.is_some() {
+            drop(job);
+            continue;
+        }
+        // A lone job needs no savepoint: if it fails, the whole transaction
+        // is rolled back, which is the same thing.
+        if !single && let Err(e) = tx.execute("SAVEPOINT job").await {
+            failure = Some(e);
+            continue;
+        }
+        let ran = job(&mut tx).await;
+        let undo = if single {
+            Ok(())
+        } else if ran.keep {
+            tx.execute("RELEASE SAVEPOINT job").await.map(drop)
+        } else {
+            match tx.execute("ROLLBACK TO SAVEPOINT job").await {
+                Ok(_) => tx.execute("RELEASE SAVEPOINT job").await.map(drop),
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = undo {
+            failure = Some(e);
+        }
+        if single && !ran.keep {
+            // Nothing to commit; roll back and answer with the job's error.
+            let rolled = tx.rollback().await.map_err(Arc::new);
+            (ran.answer)(Ok(()));
+            return rolled;
+        }
+        answers.push(ran.answer);
+    }
+    let result = match failure {
+        Some(e) => {
+            let _ = tx.rollback().await;
+            Err(Arc::new(e))
+        }
+        None => tx.commit().await.map_err(Arc::new),
+    };
+    for answer in answers {
+        answer(result.clone());
+    }
+    result
+}

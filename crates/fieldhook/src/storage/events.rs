@@ -1,0 +1,72 @@
+//! The outbox. Events are written in the transaction of the change that
+//! caused them (so a change is never without its event, nor an event without
+//! its change), and read back by the history endpoints and the delivery
+//! engine.
+
+use crate::clock::to_micros;
+use crate::domain::event::Event;
+use crate::error::Result;
+use serde_json::{Map, Value};
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+/// Writes `event` to the outbox.
+pub async fn record(conn: &mut AnyConnection, account: Uuid, event: &Event) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (uuid, account_uuid, event_type, entity_type, entity_uuid, entity_version, body, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.uuid.to_string())
+    .bind(account.to_string())
+    .bind(event.event_type.name())
+    .bind(event.entity_type)
+    .bind(event.entity_uuid.to_string())
+    .bind(event.entity_version)
+    .bind(&event.body)
+    .bind(to_micros(event.created_at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One page of a resource's history, oldest first: each entry is the event
+/// body with its `version` added. The events of one version never straddle
+/// two pages, so a page may exceed `limit` by the rest of its last version.
+pub async fn history(conn: &mut AnyConnection, entity: Uuid, after_version: i64, limit: i64) -> Result<Vec<Value>> {
+    let rows = sqlx::query(
+        "SELECT entity_version, body FROM events WHERE entity_uuid = $1 AND entity_version > $2 \
+         ORDER BY entity_version, uuid LIMIT $3",
+    )
+    .bind(entity.to_string())
+    .bind(after_version)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut last: Option<(i64, usize)> = None;
+    for row in &rows {
+        let version: i64 = row.try_get("entity_version")?;
+        entries.push(entry(version, &row.try_get::<String, _>("body")?)?);
+        last = Some((version, last.filter(|(v, _)| *v == version).map_or(1, |(_, n)| n + 1)));
+    }
+    if rows.len() as i64 == limit
+        && let Some((version, seen)) = last
+    {
+        // Complete the last version with the events the limit cut off.
+        let rest = sqlx::query("SELECT body FROM events WHERE entity_uuid = $1 AND entity_version = $2 ORDER BY uuid")
+            .bind(entity.to_string())
+            .bind(version)
+            .fetch_all(conn)
+            .await?;
+        for row in rest.iter().skip(seen) {
+            entries.push(entry(version, &row.try_get::<String, _>("body")?)?);
+        }
+    }
+    Ok(entries)
+}
+
+fn entry(version: i64, body: &str) -> Result<Value> {
+    let mut map: Map<String, Value> = serde_json::from_str(body)?;
+    map.insert("version".into(), Value::from(version));
+    Ok(Value::Object(map))
+}
