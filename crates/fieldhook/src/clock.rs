@@ -1,7 +1,7 @@
 //! Time as a dependency. Retries, suspension, token expiry and timestamps read
 //! the injected [`Clock`], so tests move time forward instead of sleeping.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use std::sync::{Arc, Mutex};
 
 pub trait Clock: Send + Sync + 'static {
@@ -14,7 +14,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        micros(Utc::now())
     }
 }
 
@@ -25,7 +25,7 @@ pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
 
 impl Default for ManualClock {
     fn default() -> Self {
-        Self(Arc::new(Mutex::new(Utc::now())))
+        Self(Arc::new(Mutex::new(micros(Utc::now()))))
     }
 }
 
@@ -51,4 +51,10 @@ pub fn to_micros(t: DateTime<Utc>) -> i64 {
 
 pub fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// Times are stored in microseconds; truncating at the source keeps a
+/// snapshot and its stored columns identical.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(t)
 }

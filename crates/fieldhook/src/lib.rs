@@ -6,7 +6,11 @@
 //! webhook engine) → the receiver. [`config`] and [`server`] wire them up for
 //! the `fieldhook` binary.
 
+pub mod api;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod error;
+pub mod server;
 pub mod storage;

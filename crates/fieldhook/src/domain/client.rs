@@ -127,11 +127,9 @@ impl ClientInput {
         } else if c.first_name.is_none() && c.middle_name.is_none() && c.last_name.is_none() {
             v.add("first_name", "first_name, middle_name or last_name is required for a person");
         }
-        for (field, value) in [
-            ("first_name", &c.first_name),
-            ("middle_name", &c.middle_name),
-            ("last_name", &c.last_name),
-        ] {
+        for (field, value) in
+            [("first_name", &c.first_name), ("middle_name", &c.middle_name), ("last_name", &c.last_name)]
+        {
             max_len(&mut v, field, value.as_deref(), 50);
         }
         if let Some(a) = &c.site_address {
@@ -188,9 +186,8 @@ mod tests {
         let now = Utc::now();
         let err = input(serde_json::json!({})).create(Uuid::nil(), now).unwrap_err();
         assert!(err.to_string().contains("first_name"));
-        let c = input(serde_json::json!({"first_name": "Ada", "last_name": "Lovelace"}))
-            .create(Uuid::nil(), now)
-            .unwrap();
+        let c =
+            input(serde_json::json!({"first_name": "Ada", "last_name": "Lovelace"})).create(Uuid::nil(), now).unwrap();
         assert_eq!(c.name, "Ada Lovelace");
     }
 

@@ -60,9 +60,7 @@ pub mod ts {
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|s| parse(&s).map_err(serde::de::Error::custom))
-                .transpose()
+            Option::<String>::deserialize(d)?.map(|s| parse(&s).map_err(serde::de::Error::custom)).transpose()
         }
     }
 

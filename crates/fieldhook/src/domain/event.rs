@@ -172,15 +172,7 @@ impl Event {
             context,
             resource: Keyed(entity_type, snapshot),
         })?;
-        Ok(Self {
-            uuid,
-            event_type,
-            entity_type,
-            entity_uuid,
-            entity_version,
-            created_at: context.created_at,
-            body,
-        })
+        Ok(Self { uuid, event_type, entity_type, entity_uuid, entity_version, created_at: context.created_at, body })
     }
 }
 
@@ -199,15 +191,9 @@ mod tests {
     #[test]
     fn body_has_the_resource_under_its_own_key() {
         let ctx = Context::api(Utc::now());
-        let e = Event::new(
-            EventType::ClientCreated,
-            "client",
-            Uuid::now_v7(),
-            1,
-            &ctx,
-            &serde_json::json!({"version": 1}),
-        )
-        .unwrap();
+        let e =
+            Event::new(EventType::ClientCreated, "client", Uuid::now_v7(), 1, &ctx, &serde_json::json!({"version": 1}))
+                .unwrap();
         let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
         assert_eq!(v["event_type"], "client_created");
         assert_eq!(v["event_uuid"], e.uuid.to_string());

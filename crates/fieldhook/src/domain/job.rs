@@ -2,9 +2,7 @@
 //! The lifecycle table below is the one place that says which action moves a
 //! job from which status to which, with which event and timestamp.
 
-use super::common::{
-    Address, Contact, RefInput, RefOutput, max_len, normalize, nullable, ts, validate_contacts,
-};
+use super::common::{Address, Contact, RefInput, RefOutput, max_len, normalize, nullable, ts, validate_contacts};
 use super::event::EventType;
 use super::{EntityKind, Resource};
 use crate::error::{Error, Result, Violations};
@@ -100,12 +98,42 @@ use Status::*;
 
 /// api.md "Lifecycle", row for row.
 pub const LIFECYCLE: &[Transition] = &[
-    Transition { action: Action::Publish, from: &[Scheduled], to: Published, event: EventType::JobPublished, stamp: None },
-    Transition { action: Action::EnRoute, from: &[Published], to: EnRoute, event: EventType::JobEnRoute, stamp: Some(Stamp::EnRouteAt) },
-    Transition { action: Action::Start, from: &[Published, EnRoute], to: Started, event: EventType::JobStarted, stamp: Some(Stamp::StartedAt) },
-    Transition { action: Action::Suspend, from: &[Started], to: Suspended, event: EventType::JobSuspended, stamp: Some(Stamp::SuspendedAt) },
+    Transition {
+        action: Action::Publish,
+        from: &[Scheduled],
+        to: Published,
+        event: EventType::JobPublished,
+        stamp: None,
+    },
+    Transition {
+        action: Action::EnRoute,
+        from: &[Published],
+        to: EnRoute,
+        event: EventType::JobEnRoute,
+        stamp: Some(Stamp::EnRouteAt),
+    },
+    Transition {
+        action: Action::Start,
+        from: &[Published, EnRoute],
+        to: Started,
+        event: EventType::JobStarted,
+        stamp: Some(Stamp::StartedAt),
+    },
+    Transition {
+        action: Action::Suspend,
+        from: &[Started],
+        to: Suspended,
+        event: EventType::JobSuspended,
+        stamp: Some(Stamp::SuspendedAt),
+    },
     Transition { action: Action::Resume, from: &[Suspended], to: Started, event: EventType::JobResumed, stamp: None },
-    Transition { action: Action::Finish, from: &[Started, Suspended], to: Finished, event: EventType::JobFinished, stamp: Some(Stamp::FinishedAt) },
+    Transition {
+        action: Action::Finish,
+        from: &[Started, Suspended],
+        to: Finished,
+        event: EventType::JobFinished,
+        stamp: Some(Stamp::FinishedAt),
+    },
     Transition {
         action: Action::Cancel,
         from: &[Posted, Scheduled, Published, EnRoute, Started, Suspended],
@@ -407,11 +435,8 @@ impl JobInput {
         v.into_result()?;
 
         if matches!(j.status, Status::Posted | Status::Scheduled) {
-            j.status = if j.scheduled_at.is_some() && j.assignee.is_some() {
-                Status::Scheduled
-            } else {
-                Status::Posted
-            };
+            j.status =
+                if j.scheduled_at.is_some() && j.assignee.is_some() { Status::Scheduled } else { Status::Posted };
         }
         Ok(j)
     }
@@ -481,19 +506,15 @@ mod tests {
         let refs = ResolvedRefs { assignee: Some(Some(worker())), ..Default::default() };
         let j = input.create(Uuid::nil(), 1, now, refs).unwrap();
         assert_eq!(j.status, Status::Scheduled);
-        let j2 = JobInput { scheduled_at: Some(None), ..Default::default() }
-            .apply(&j, ResolvedRefs::default())
-            .unwrap();
+        let j2 =
+            JobInput { scheduled_at: Some(None), ..Default::default() }.apply(&j, ResolvedRefs::default()).unwrap();
         assert_eq!(j2.status, Status::Posted);
     }
 
     #[test]
     fn duration_out_of_range_names_the_field() {
         let now = Utc::now();
-        let input = JobInput {
-            scheduled_duration: Some(Some(ScheduledDuration { minutes: 0 })),
-            ..Default::default()
-        };
+        let input = JobInput { scheduled_duration: Some(Some(ScheduledDuration { minutes: 0 })), ..Default::default() };
         let err = input.create(Uuid::nil(), 1, now, ResolvedRefs::default()).unwrap_err();
         assert_eq!(err.to_string(), "scheduled_duration.minutes must be between 1 and 100000");
     }

@@ -40,9 +40,7 @@ impl EntityKind {
 
 /// What the storage layer needs to know of a versioned resource (job, client
 /// or site) to store it, version it and emit its events.
-pub trait Resource:
-    serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq + Send + Sync + 'static
-{
+pub trait Resource: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq + Send + Sync + 'static {
     const KIND: EntityKind;
     fn uuid(&self) -> uuid::Uuid;
     fn external_id(&self) -> Option<&str>;

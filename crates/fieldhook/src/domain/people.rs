@@ -47,14 +47,8 @@ pub struct UserInput {
 
 impl UserInput {
     pub fn create(self, uuid: Uuid, now: DateTime<Utc>) -> Result<User> {
-        let blank = User {
-            uuid,
-            email: String::new(),
-            first_name: None,
-            last_name: None,
-            role: Role::Worker,
-            created_at: now,
-        };
+        let blank =
+            User { uuid, email: String::new(), first_name: None, last_name: None, role: Role::Worker, created_at: now };
         self.apply(&blank)
     }
 

@@ -81,11 +81,8 @@ impl Scopes {
     /// The same scopes without `api_keys:write`, for temporary tokens; `*`
     /// is expanded so that everything else stays granted.
     pub fn without_key_management(&self) -> Scopes {
-        let expanded: BTreeSet<String> = if self.0.contains("*") {
-            ALL_SCOPES.iter().map(|s| s.to_string()).collect()
-        } else {
-            self.0.clone()
-        };
+        let expanded: BTreeSet<String> =
+            if self.0.contains("*") { ALL_SCOPES.iter().map(|s| s.to_string()).collect() } else { self.0.clone() };
         Scopes(expanded.into_iter().filter(|s| s != "api_keys:write").collect())
     }
 }

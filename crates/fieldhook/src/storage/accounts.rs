@@ -100,10 +100,11 @@ pub async fn authenticate(conn: &mut AnyConnection, presented: &str) -> Result<O
         return Ok(None);
     }
     let key_uuid = Uuid::from_slice(&raw[..16]).expect("16 bytes");
-    let row = sqlx::query("SELECT account_uuid, scopes, secret_hash FROM api_keys WHERE uuid = $1 AND revoked_at IS NULL")
-        .bind(key_uuid.to_string())
-        .fetch_optional(conn)
-        .await?;
+    let row =
+        sqlx::query("SELECT account_uuid, scopes, secret_hash FROM api_keys WHERE uuid = $1 AND revoked_at IS NULL")
+            .bind(key_uuid.to_string())
+            .fetch_optional(conn)
+            .await?;
     let Some(row) = row else { return Ok(None) };
     let stored: String = row.try_get("secret_hash")?;
     let presented_hash = hex::encode(Sha256::digest(&raw[16..]));
@@ -155,12 +156,13 @@ pub async fn list_keys(conn: &mut AnyConnection, account: Uuid) -> Result<Vec<Ap
 
 /// Revokes a key of `account`; `false` when there is no such live key.
 pub async fn revoke_key(conn: &mut AnyConnection, account: Uuid, key: Uuid, now: DateTime<Utc>) -> Result<bool> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND revoked_at IS NULL")
-        .bind(to_micros(now))
-        .bind(key.to_string())
-        .bind(account.to_string())
-        .execute(conn)
-        .await?;
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND revoked_at IS NULL")
+            .bind(to_micros(now))
+            .bind(key.to_string())
+            .bind(account.to_string())
+            .execute(conn)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -217,11 +219,13 @@ pub async fn idempotency_claim(
     if inserted.rows_affected() == 1 {
         return Ok(Idempotency::Fresh);
     }
-    let row = sqlx::query("SELECT request_hash, status, body, created_at FROM idempotency_keys WHERE account_uuid = $1 AND idem_key = $2")
-        .bind(account.to_string())
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT request_hash, status, body, created_at FROM idempotency_keys WHERE account_uuid = $1 AND idem_key = $2",
+    )
+    .bind(account.to_string())
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
     let created_at: i64 = row.try_get("created_at")?;
     if created_at < to_micros(now - IDEMPOTENCY_WINDOW) {
         // Expired: this use starts a new window.
@@ -241,7 +245,13 @@ pub async fn idempotency_claim(
 }
 
 /// Records the answer given to the request that claimed `key`.
-pub async fn idempotency_save(conn: &mut AnyConnection, account: Uuid, key: &str, status: u16, body: &str) -> Result<()> {
+pub async fn idempotency_save(
+    conn: &mut AnyConnection,
+    account: Uuid,
+    key: &str,
+    status: u16,
+    body: &str,
+) -> Result<()> {
     sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE account_uuid = $3 AND idem_key = $4")
         .bind(i64::from(status))
         .bind(body)

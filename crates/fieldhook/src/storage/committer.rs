@@ -56,9 +56,10 @@ impl Committer {
         let (reply, answer) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
-                let outcome = AssertUnwindSafe(f(conn)).catch_unwind().await.unwrap_or_else(|_| {
-                    Err(Error::Internal(anyhow::anyhow!("a write job panicked")))
-                });
+                let outcome = AssertUnwindSafe(f(conn))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("a write job panicked"))));
                 let keep = outcome.is_ok();
                 Ran {
                     keep,
@@ -72,13 +73,8 @@ impl Committer {
                 }
             })
         });
-        self.tx
-            .send(job)
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the committer has stopped")))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the committer dropped a job")))?
+        self.tx.send(job).await.map_err(|_| Error::Internal(anyhow::anyhow!("the committer has stopped")))?;
+        answer.await.map_err(|_| Error::Internal(anyhow::anyhow!("the committer dropped a job")))?
     }
 }
 

@@ -75,12 +75,7 @@ impl Db {
             sqlx::raw_sql("PRAGMA journal_mode = WAL").execute(&write).await?;
         }
         let read = pool(backend, &url, readers).await?;
-        Ok(Db {
-            backend,
-            read,
-            committer: Committer::start(write),
-            _lock: lock.map(std::sync::Arc::new),
-        })
+        Ok(Db { backend, read, committer: Committer::start(write), _lock: lock.map(std::sync::Arc::new) })
     }
 
     /// Applies pending migrations; refuses a database of a newer schema.
@@ -89,11 +84,8 @@ impl Db {
     /// When the schema is newer than this binary or a migration fails.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-            .fetch_one(&self.read)
-            .await
-            .ok()
-            .flatten();
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&self.read).await.ok().flatten();
         if let Some(applied) = applied
             && applied > known
         {

@@ -31,7 +31,12 @@ impl DocTable {
         }
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, conn: &mut AnyConnection, account: Uuid, uuid: Uuid) -> Result<Option<T>> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        conn: &mut AnyConnection,
+        account: Uuid,
+        uuid: Uuid,
+    ) -> Result<Option<T>> {
         let doc: Option<String> =
             sqlx::query_scalar(&format!("SELECT doc FROM {} WHERE uuid = $1 AND account_uuid = $2", self.table))
                 .bind(uuid.to_string())

@@ -101,14 +101,12 @@ pub async fn find<R: Stored>(conn: &mut AnyConnection, account: Uuid, id: &str, 
 /// Whether a resource with this uuid ever existed in `account` (removed ones
 /// included): their history stays readable.
 pub async fn existed(conn: &mut AnyConnection, kind: EntityKind, account: Uuid, uuid: Uuid) -> Result<bool> {
-    let n: i64 = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM {} WHERE uuid = $1 AND account_uuid = $2",
-        kind.table()
-    ))
-    .bind(uuid.to_string())
-    .bind(account.to_string())
-    .fetch_one(conn)
-    .await?;
+    let n: i64 =
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {} WHERE uuid = $1 AND account_uuid = $2", kind.table()))
+            .bind(uuid.to_string())
+            .bind(account.to_string())
+            .fetch_one(conn)
+            .await?;
     Ok(n > 0)
 }
 
@@ -220,7 +218,13 @@ pub async fn save<R: Stored>(
 
 /// Removes a resource: its last snapshot gets the next version and the
 /// `*_removed` event; it leaves lists and frees its external_id.
-pub async fn remove<R: Stored>(conn: &mut AnyConnection, account: Uuid, mut r: R, ctx: &Context, now: DateTime<Utc>) -> Result<()> {
+pub async fn remove<R: Stored>(
+    conn: &mut AnyConnection,
+    account: Uuid,
+    mut r: R,
+    ctx: &Context,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let version = r.version() + 1;
     r.stamp(version, now);
     update(conn, account, &r, true).await?;

@@ -1,1 +1,13 @@
+//! The one integration-test binary: the real server on a random port, on
+//! SQLite and on PostgreSQL, driven over HTTP.
 
+mod helpers;
+
+mod accounts_and_keys;
+mod cli;
+mod errors;
+mod fuzz;
+mod jobs;
+mod outbox;
+mod resources;
+mod users_and_teams;

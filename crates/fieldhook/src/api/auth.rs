@@ -1,0 +1,138 @@
+//! Authentication, scopes and the per-key rate limit (api.md,
+//! "Authentication, accounts and scopes"). Every `/v2` handler takes an
+//! [`Auth`] and asks it for the scope it needs.
+
+use super::AppState;
+use crate::error::{Error, Result};
+use crate::storage::accounts::{self, Principal};
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Auth(pub Principal);
+
+impl Auth {
+    /// The account whose data this call may see.
+    pub fn account(&self) -> Uuid {
+        self.0.account_uuid
+    }
+
+    /// # Errors
+    /// `403 forbidden` naming the scope when the key lacks it.
+    pub fn require(&self, scope: &str) -> Result<()> {
+        if self.0.scopes.allows(scope) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!("this API key lacks the scope {scope}")))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(Error::Unauthorized("missing Authorization header"))?
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Error::Unauthorized("Authorization must be: Bearer <api key>"))?;
+        let mut conn = state.db.read.acquire().await?;
+        let principal = if token.starts_with(TOKEN_PREFIX) {
+            state.tokens.verify(token, state.clock.now(), &mut conn).await?
+        } else {
+            accounts::authenticate(&mut conn, token).await?
+        };
+        let principal = principal.ok_or(Error::Unauthorized("unknown or revoked API key"))?;
+        if let Some(limiter) = &state.limiter
+            && let Err(not_until) = limiter.check_key(&principal.key_uuid)
+        {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(Error::RateLimited { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 });
+        }
+        Ok(Auth(principal))
+    }
+}
+
+/// Per-key token bucket (burst = 2 × rate).
+pub type KeyedLimiter = governor::DefaultKeyedRateLimiter<Uuid>;
+
+pub fn limiter(per_second: u32) -> Option<std::sync::Arc<KeyedLimiter>> {
+    let rate = std::num::NonZeroU32::new(per_second)?;
+    let burst = std::num::NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
+    Some(std::sync::Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))))
+}
+
+const TOKEN_PREFIX: &str = "fht_";
+
+/// Temporary API tokens (`X-Planado-Api-Token`): stateless, signed with a
+/// server secret kept in the database so that every node accepts them. A
+/// token names its key and expiry; it dies with the key and never manages
+/// keys.
+#[derive(Clone)]
+pub struct TokenSigner {
+    secret: Vec<u8>,
+}
+
+impl TokenSigner {
+    pub fn new(secret: Vec<u8>) -> Self {
+        Self { secret }
+    }
+
+    fn mac(&self, payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(payload);
+        mac
+    }
+
+    /// A token for `key`, valid for `ttl` from `now`.
+    pub fn issue(&self, key: Uuid, now: DateTime<Utc>, ttl: Duration) -> String {
+        let expires = (now + chrono::TimeDelta::from_std(ttl).unwrap_or_default()).timestamp_micros();
+        let mut payload = Vec::with_capacity(24);
+        payload.extend_from_slice(key.as_bytes());
+        payload.extend_from_slice(&expires.to_be_bytes());
+        let sig = self.mac(&payload).finalize().into_bytes();
+        format!("{TOKEN_PREFIX}{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    /// The principal of a valid, unexpired token whose key is still live.
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<Option<Principal>> {
+        let Some((payload, sig)) = token.strip_prefix(TOKEN_PREFIX).and_then(|t| t.split_once('.')) else {
+            return Ok(None);
+        };
+        let (Ok(payload), Ok(sig)) = (URL_SAFE_NO_PAD.decode(payload), URL_SAFE_NO_PAD.decode(sig)) else {
+            return Ok(None);
+        };
+        if payload.len() != 24 || self.mac(&payload).verify_slice(&sig).is_err() {
+            return Ok(None);
+        }
+        let key = Uuid::from_slice(&payload[..16]).expect("16 bytes");
+        let expires = i64::from_be_bytes(payload[16..24].try_into().expect("8 bytes"));
+        if now.timestamp_micros() >= expires {
+            return Ok(None);
+        }
+        Ok(accounts::live_key(conn, key).await?.map(|mut p| {
+            p.scopes = p.scopes.without_key_management();
+            p
+        }))
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTP API: `/v2` (api.md and the webhook management of webhooks.md)
+//! and the service endpoints. Handlers authenticate, parse, call the domain
+//! and write through the committer; they hold no state of their own.
+
+pub mod api_keys;
+pub mod auth;
+pub mod clients;
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod people;
+pub mod resources;
+pub mod service;
+pub mod sites;
+pub mod write;
+
+use crate::clock::SharedClock;
+use crate::storage::Db;
+use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub clock: SharedClock,
+    pub limiter: Option<Arc<auth::KeyedLimiter>>,
+    pub tokens: auth::TokenSigner,
+    /// Lifetime of temporary tokens handed to webhook receivers.
+    pub token_ttl: Duration,
+}
+
+/// One page of a resource's history.
+#[derive(serde::Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// `{"version", "event_uuid", "event_type", "context", "<resource>": snapshot}`, oldest first.
+    pub history: Vec<serde_json::Value>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fieldhook API", description = "Jobs, clients and sites in, webhooks out. Wire-compatible with the Planado API v2."),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.components.get_or_insert_with(Default::default).add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (`fh_…`) or a temporary token (`fht_…`)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The `/v2` routes with their OpenAPI document.
+pub fn v2_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(clients::router())
+        .merge(sites::router())
+        .merge(jobs::router())
+        .merge(people::router())
+        .merge(api_keys::router())
+}
+
+/// The whole application. `serve_v2` is false on worker-only nodes, which
+/// still answer the service endpoints.
+pub fn router(state: AppState, serve_v2: bool) -> Router {
+    let (v2, doc) = v2_routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let mut app = service::router(doc);
+    if serve_v2 {
+        app = app.merge(v2);
+    }
+    app.fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(CatchPanicLayer::custom(error::panic_to_500))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
