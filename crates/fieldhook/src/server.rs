@@ -5,7 +5,9 @@
 use crate::api::{self, AppState, auth};
 use crate::clock::SharedClock;
 use crate::config::{Config, LogFormat};
+use crate::delivery::{DeliveryConfig, Engine};
 use crate::domain::scope::Scopes;
+use crate::domain::webhook::RetryPolicy;
 use crate::storage::{Db, OpenOptions, accounts};
 use anyhow::Context;
 use rand::RngCore;
@@ -18,6 +20,8 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     config: Config,
+    /// The delivery engine, on `worker` and `all` nodes.
+    engine: Option<Engine>,
 }
 
 impl Server {
@@ -31,17 +35,27 @@ impl Server {
         db.migrate().await?;
         bootstrap(&db, &clock).await?;
         let secret = token_secret(&db).await?;
+        let tokens = auth::TokenSigner::new(secret);
+        let engine = config
+            .role
+            .delivers()
+            .then(|| Engine::new(db.clone(), clock.clone(), delivery_config(&config), tokens.clone()));
         let state = AppState {
             db,
             clock,
             limiter: auth::limiter(config.rate_limit),
-            tokens: auth::TokenSigner::new(secret),
-            token_ttl: config.temp_token_ttl,
+            tokens,
+            allow_private_targets: config.allow_private_targets,
         };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("FIELDHOOK_LISTEN: cannot listen on {}", config.listen))?;
-        Ok(Server { listener, state, config })
+        Ok(Server { listener, state, config, engine })
+    }
+
+    /// The delivery engine, if this node delivers.
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.as_ref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -59,10 +73,35 @@ impl Server {
     /// When the listener fails.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), role = ?self.config.role, "fieldhook is listening");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let delivering = self.engine.map(|engine| tokio::spawn(engine.run(stop.clone())));
         let app = api::router(self.state.clone(), self.config.role.serves_api());
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        // The API has stopped accepting: let deliveries in flight finish and
+        // hand back what this node claimed.
+        stop.cancel();
+        if let Some(delivering) = delivering {
+            let _ = delivering.await;
+        }
         tracing::info!("fieldhook stopped");
-        Ok(())
+        served.map_err(Into::into)
+    }
+}
+
+fn delivery_config(config: &Config) -> DeliveryConfig {
+    DeliveryConfig {
+        timeout: config.delivery_timeout,
+        policy: RetryPolicy {
+            schedule: config.retry_schedule.clone(),
+            jitter: config.retry_jitter,
+            suspend_min_failures: config.suspend_min_failures,
+            suspend_after: config.suspend_after,
+            probe_interval: config.probe_interval,
+        },
+        max_in_flight_per_webhook: config.max_in_flight_per_webhook as usize,
+        allow_private_targets: config.allow_private_targets,
+        token_ttl: config.temp_token_ttl,
+        retention: config.request_retention,
     }
 }
 

@@ -12,13 +12,13 @@ pub mod people;
 pub mod resources;
 pub mod service;
 pub mod sites;
+pub mod webhooks;
 pub mod write;
 
 use crate::clock::SharedClock;
 use crate::storage::Db;
 use axum::Router;
 use std::sync::Arc;
-use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -31,8 +31,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub limiter: Option<Arc<auth::KeyedLimiter>>,
     pub tokens: auth::TokenSigner,
-    /// Lifetime of temporary tokens handed to webhook receivers.
-    pub token_ttl: Duration,
+    /// Whether webhook URLs may point at loopback and private addresses.
+    pub allow_private_targets: bool,
 }
 
 /// One page of a resource's history.
@@ -74,6 +74,7 @@ pub fn v2_routes() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(people::router())
         .merge(api_keys::router())
+        .merge(webhooks::router())
 }
 
 /// The whole application. `serve_v2` is false on worker-only nodes, which

@@ -57,9 +57,15 @@ event_types! {
     SiteCreated = "site_created", "site", "A site was created.";
     SiteUpdated = "site_updated", "site", "A site changed.";
     SiteRemoved = "site_removed", "site", "A site was removed.";
+    WebhookTest = "webhook_test", "webhook", "A test event sent on request (POST /v2/webhooks/{uuid}/test).";
 }
 
 impl EventType {
+    /// Whether a webhook can subscribe to it (every type but the test event).
+    pub fn subscribable(self) -> bool {
+        self != EventType::WebhookTest
+    }
+
     /// The CRUD event of a change to a resource of `kind`.
     pub fn crud(kind: EntityKind, change: Change) -> EventType {
         use Change::*;

@@ -9,6 +9,7 @@ pub mod job;
 pub mod people;
 pub mod scope;
 pub mod site;
+pub mod webhook;
 
 /// The three resources that carry versions, history and webhook events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

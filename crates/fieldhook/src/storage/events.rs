@@ -10,8 +10,16 @@ use serde_json::{Map, Value};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-/// Writes `event` to the outbox.
+/// Writes `event` to the outbox with one pending request for every webhook
+/// of the account that subscribes to its type.
 pub async fn record(conn: &mut AnyConnection, account: Uuid, event: &Event) -> Result<()> {
+    record_only(conn, account, event).await?;
+    super::webhooks::fan_out(conn, account, event).await?;
+    Ok(())
+}
+
+/// Writes `event` without fanning it out (test events have one recipient).
+pub async fn record_only(conn: &mut AnyConnection, account: Uuid, event: &Event) -> Result<()> {
     sqlx::query(
         "INSERT INTO events (uuid, account_uuid, event_type, entity_type, entity_uuid, entity_version, body, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

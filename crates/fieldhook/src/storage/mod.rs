@@ -5,9 +5,11 @@
 
 pub mod accounts;
 pub mod committer;
+pub mod deliveries;
 pub mod events;
 pub mod people;
 pub mod resources;
+pub mod webhooks;
 
 pub use committer::Committer;
 

@@ -17,9 +17,9 @@ fn free_port() -> u16 {
 }
 
 /// A `fieldhook serve` child process, killed when dropped.
-struct Served {
-    child: Child,
-    base: String,
+pub struct Served {
+    pub child: Child,
+    pub base: String,
 }
 
 impl Drop for Served {
@@ -30,12 +30,19 @@ impl Drop for Served {
 }
 
 async fn serve(db: &str) -> Served {
+    serve_with(db, &[]).await
+}
+
+/// Starts `fieldhook serve` on `db` with extra environment settings and
+/// waits until it is ready.
+pub async fn serve_with(db: &str, env: &[(&str, &str)]) -> Served {
     let port = free_port();
     let served = Served {
         child: bin()
+            .envs(env.iter().copied())
             .args(["serve", "--database-url", db, "--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(if std::env::var_os("FH_DEBUG").is_some() { Stdio::inherit() } else { Stdio::piped() })
             .spawn()
             .unwrap(),
         base: format!("http://127.0.0.1:{port}"),
@@ -57,7 +64,7 @@ fn stderr_of(mut served: Served) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn run_json(args: &[&str]) -> Value {
+pub fn run_json(args: &[&str]) -> Value {
     let out = bin().args(args).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();

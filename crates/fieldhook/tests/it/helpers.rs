@@ -50,6 +50,7 @@ pub struct TestApp {
     pub key: String,
     pub db: Db,
     pub clock: ManualClock,
+    pub engine: Option<fieldhook::delivery::Engine>,
     _stop: oneshot::Sender<()>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -128,13 +129,14 @@ pub async fn spawn_with(
     let clock = ManualClock::default();
     let server = Server::build(config, Arc::new(clock.clone())).await.expect("server starts");
     let db = server.state().db.clone();
+    let engine = server.engine().cloned();
     let base = format!("http://{}", server.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run_until(async {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::new();
-    let mut app = TestApp { base, http, key: String::new(), db, clock, _stop: stop, _dir: dir };
+    let mut app = TestApp { base, http, key: String::new(), db, clock, engine, _stop: stop, _dir: dir };
     app.key = app.new_account("test").await;
     app
 }
@@ -220,6 +222,60 @@ impl TestApp {
         .await
         .unwrap();
         rows
+    }
+
+    /// Moves the clock on and lets the delivery engine look at the queue.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.clock.advance(by);
+        if let Some(e) = &self.engine {
+            e.wake();
+        }
+    }
+
+    /// Creates a webhook for `url` subscribed to `types`; returns its uuid.
+    pub async fn webhook(&self, url: &str, types: &[&str]) -> String {
+        self.webhook_with(serde_json::json!({"url": url, "event_types": types})).await
+    }
+
+    pub async fn webhook_with(&self, body: Value) -> String {
+        let r = self.post("/v2/webhooks", body).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["webhook_uuid"].as_str().unwrap().to_string()
+    }
+
+    /// The request log of a webhook (newest first), all pages.
+    pub async fn requests(&self, webhook: &str, filter: Option<&str>) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/v2/webhooks/{webhook}/requests?limit=100");
+            if let Some(f) = filter {
+                path.push_str(&format!("&filter={f}"));
+            }
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let r = self.get(&path).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            let page = r.body["requests"].as_array().unwrap().clone();
+            if page.is_empty() {
+                return all;
+            }
+            after = page.last().unwrap()["uuid"].as_str().map(str::to_string);
+            all.extend(page);
+        }
+    }
+
+    /// Waits until the request log of `webhook` satisfies `pred`.
+    pub async fn wait_for_log(&self, webhook: &str, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        for _ in 0..400 {
+            let log = self.requests(webhook, None).await;
+            if pred(&log) {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}: {:#?}", self.requests(webhook, None).await);
     }
 
     pub async fn outbox_total(&self) -> i64 {

@@ -2,9 +2,12 @@
 //! SQLite and on PostgreSQL, driven over HTTP.
 
 mod helpers;
+mod receiver;
 
 mod accounts_and_keys;
 mod cli;
+mod crash;
+mod delivery;
 mod errors;
 mod fuzz;
 mod jobs;

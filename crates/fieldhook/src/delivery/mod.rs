@@ -1,0 +1,388 @@
+//! The delivery engine (webhooks.md, "Delivery"): claims due requests,
+//! sends them, and records what happened — retry, suspension, probe.
+//!
+//! It is a step plus a loop. [`Engine::dispatch`] claims what is due now and
+//! starts sending it; the loop around it wakes the moment a transaction
+//! commits (new events, recorded results) or the next retry falls due, with
+//! a slow safety poll so that nothing depends on a wake-up arriving. Results
+//! are written in batches through the group committer. Each webhook has a
+//! bounded number of requests in flight, so one slow or dead endpoint never
+//! holds up the others.
+
+pub mod sender;
+
+use crate::api::auth::TokenSigner;
+use crate::clock::SharedClock;
+use crate::domain::webhook::{RetryPolicy, WebhookStatus, sign};
+use crate::error::Result;
+use crate::storage::deliveries::{self, Attempt, Due, Target};
+use crate::storage::{Backend, Db};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use sender::Sender;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How the engine behaves; built from the configuration.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub timeout: Duration,
+    pub policy: RetryPolicy,
+    pub max_in_flight_per_webhook: usize,
+    pub allow_private_targets: bool,
+    pub token_ttl: Duration,
+    pub retention: Duration,
+}
+
+/// How long a claim holds a request for this node (PostgreSQL). Longer
+/// than any attempt can take, so a slow node never has its request taken.
+fn lease(timeout: Duration) -> Duration {
+    timeout * 2 + Duration::from_secs(5)
+}
+
+/// Longest sleep between two looks at the queue, whatever the wake-ups say.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// Requests this node is sending, per webhook.
+#[derive(Default)]
+struct InFlight {
+    requests: HashSet<Uuid>,
+    per_webhook: HashMap<Uuid, usize>,
+    /// Requests recorded since the current dispatch pass began. A claim
+    /// query that started before their result committed may still return
+    /// them as scheduled; they must not be sent again.
+    finished_this_pass: HashSet<Uuid>,
+}
+
+struct Shared {
+    db: Db,
+    clock: SharedClock,
+    config: DeliveryConfig,
+    sender: Sender,
+    tokens: TokenSigner,
+    node: String,
+    in_flight: Mutex<InFlight>,
+    results: mpsc::UnboundedSender<Attempt>,
+    /// Rung when a send finished and its slot is free again.
+    freed: Notify,
+}
+
+/// The delivery engine of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    results_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Attempt>>>,
+    wake: Arc<Notify>,
+}
+
+/// What one dispatch step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatched {
+    /// This many requests were claimed and are being sent.
+    Started(usize),
+    /// Nothing is due (or every webhook with due work is at its bound).
+    Idle,
+}
+
+impl Engine {
+    pub fn new(db: Db, clock: SharedClock, config: DeliveryConfig, tokens: TokenSigner) -> Self {
+        let (results, results_rx) = mpsc::unbounded_channel();
+        let sender = Sender::new(config.timeout, config.allow_private_targets);
+        Engine {
+            shared: Arc::new(Shared {
+                db,
+                clock,
+                config,
+                sender,
+                tokens,
+                node: Uuid::new_v4().to_string(),
+                in_flight: Mutex::new(InFlight::default()),
+                results,
+                freed: Notify::new(),
+            }),
+            results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Makes the loop look at the queue now (tests that move the clock).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Claims what is due now and starts sending it.
+    ///
+    /// # Errors
+    /// Database errors; the loop logs them and tries again.
+    pub async fn dispatch(&self) -> Result<Dispatched> {
+        let s = &self.shared;
+        s.in_flight.lock().expect("in-flight lock").finished_this_pass.clear();
+        let now = s.clock.now();
+        let targets = {
+            let mut conn = s.db.read.acquire().await?;
+            deliveries::targets(&mut conn, now).await?
+        };
+        let mut started = 0;
+        for target in targets {
+            let probe = target.status == WebhookStatus::Suspended;
+            let (room, busy) = {
+                let f = s.in_flight.lock().expect("in-flight lock");
+                let busy = f.per_webhook.get(&target.uuid).copied().unwrap_or(0);
+                let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
+                (bound.saturating_sub(busy), busy)
+            };
+            if room == 0 {
+                continue;
+            }
+            // SQLite has no lease: the rows this node is sending come back
+            // from the query and are skipped below. PostgreSQL leases hide
+            // them, and every row returned is claimed, so take just `room`.
+            let limit = match s.db.backend {
+                Backend::Sqlite => room + busy,
+                Backend::Postgres => room,
+            };
+            let claimed = self.claim(&target, limit as i64, now, probe).await?;
+            let mut f = s.in_flight.lock().expect("in-flight lock");
+            let mut taken = 0;
+            for due in claimed {
+                if taken == room || f.finished_this_pass.contains(&due.request) || !f.requests.insert(due.request) {
+                    continue;
+                }
+                taken += 1;
+                *f.per_webhook.entry(target.uuid).or_default() += 1;
+                started += 1;
+                let engine = self.clone();
+                let target = target.clone();
+                tokio::spawn(async move { engine.send(due, target, probe).await });
+            }
+        }
+        Ok(if started > 0 { Dispatched::Started(started) } else { Dispatched::Idle })
+    }
+
+    /// Claims for one webhook; a probe is its oldest pending request, due or not.
+    async fn claim(
+        &self,
+        target: &Target,
+        limit: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        probe: bool,
+    ) -> Result<Vec<Due>> {
+        let s = &self.shared;
+        let lease = lease(s.config.timeout);
+        match s.db.backend {
+            // One process sends from a SQLite file: no lease to write, the
+            // in-flight set is the claim.
+            Backend::Sqlite => {
+                let mut conn = s.db.read.acquire().await?;
+                deliveries::claim(&mut conn, Backend::Sqlite, target, limit, now, probe, lease, &s.node).await
+            }
+            Backend::Postgres => {
+                let mut conn = s.db.read.acquire().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                // A claim lost in a crash only means a resend: no fsync needed.
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+                let claimed =
+                    deliveries::claim(&mut tx, Backend::Postgres, target, limit, now, probe, lease, &s.node).await?;
+                tx.commit().await?;
+                Ok(claimed)
+            }
+        }
+    }
+
+    /// Makes one attempt and hands its result to the recorder.
+    async fn send(&self, due: Due, target: Target, probe: bool) {
+        let s = &self.shared;
+        let now = s.clock.now();
+        let headers = self.headers(&due, &target, now);
+        let answer = s.sender.post(&target.url, headers, due.body.clone()).await;
+        let attempt = Attempt {
+            due,
+            probe,
+            sent_at: now,
+            elapsed_ms: answer.elapsed.as_millis() as i64,
+            response_code: answer.code,
+            response_headers: answer.headers,
+            response_body: answer.body,
+            error_type: answer.error_type,
+            error_description: answer.error_description,
+            retry_after: answer.retry_after,
+        };
+        if s.results.send(attempt).is_err() {
+            tracing::warn!("delivery recorder has stopped; the attempt will be repeated");
+        }
+    }
+
+    /// The headers of webhooks.md ("Headers").
+    fn headers(&self, due: &Due, target: &Target, now: chrono::DateTime<chrono::Utc>) -> HeaderMap {
+        let s = &self.shared;
+        let mut h = HeaderMap::with_capacity(8);
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        };
+        let id = due.event_uuid.to_string();
+        let timestamp = now.timestamp();
+        put("content-type", "application/json".into());
+        put("x-planado-delivery-attempt", due.attempt_no.to_string());
+        if let Some(secret) = &target.secret {
+            put("x-planado-secret", secret.clone());
+        }
+        if let Some(key) = target.token_key {
+            put("x-planado-api-token", s.tokens.issue(key, now, s.config.token_ttl));
+        }
+        put("webhook-signature", sign(&target.signing_secret, &id, timestamp, &due.body));
+        put("webhook-timestamp", timestamp.to_string());
+        put("webhook-id", id);
+        h
+    }
+
+    /// Writes finished attempts in batches; frees their in-flight slots once
+    /// the batch is committed (until then the rows still say `scheduled`).
+    async fn record_results(&self, stop: CancellationToken) {
+        let s = &self.shared;
+        let mut rx = self.results_rx.lock().await;
+        let mut batch = Vec::with_capacity(512);
+        loop {
+            let first = tokio::select! {
+                a = rx.recv() => a,
+                _ = stop.cancelled(), if self.in_flight_count() == 0 => None,
+            };
+            let Some(first) = first else { return };
+            batch.push(first);
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            let attempts = std::mem::take(&mut batch);
+            let finished: Vec<(Uuid, Uuid)> = attempts.iter().map(|a| (a.due.request, a.due.webhook)).collect();
+            let policy = s.config.policy.clone();
+            let now = s.clock.now();
+            let written =
+                s.db.committer
+                    .write(move |conn| {
+                        Box::pin(async move {
+                            let mut unit = || rand::random::<f64>();
+                            deliveries::record(conn, &attempts, &policy, now, &mut unit).await
+                        })
+                    })
+                    .await;
+            if let Err(e) = written {
+                // The rows still say `scheduled`: they will be sent again.
+                tracing::error!(error = %e, "could not record delivery results");
+            }
+            {
+                let mut f = s.in_flight.lock().expect("in-flight lock");
+                for (request, webhook) in finished {
+                    f.requests.remove(&request);
+                    f.finished_this_pass.insert(request);
+                    if let Some(n) = f.per_webhook.get_mut(&webhook) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            f.per_webhook.remove(&webhook);
+                        }
+                    }
+                }
+            }
+            s.freed.notify_one();
+        }
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.shared.in_flight.lock().expect("in-flight lock").requests.len()
+    }
+
+    /// Runs until `stop` is cancelled, then lets the attempts in flight
+    /// finish, records them and hands back this node's claims.
+    pub async fn run(self, stop: CancellationToken) {
+        let recorder = tokio::spawn({
+            let engine = self.clone();
+            let stop = stop.clone();
+            async move { engine.record_results(stop).await }
+        });
+        let pruner = tokio::spawn({
+            let engine = self.clone();
+            let stop = stop.clone();
+            async move { engine.prune_loop(stop).await }
+        });
+        let s = &self.shared;
+        while !stop.is_cancelled() {
+            let committed = s.db.committer.committed.notified();
+            let woken = self.wake.notified();
+            let freed = s.freed.notified();
+            tokio::pin!(committed, woken, freed);
+            committed.as_mut().enable();
+            woken.as_mut().enable();
+            freed.as_mut().enable();
+            match self.dispatch().await {
+                Ok(Dispatched::Started(_)) => continue,
+                Ok(Dispatched::Idle) => {}
+                Err(e) => tracing::error!(error = %e, "dispatching deliveries failed"),
+            }
+            let pause = self.until_next_due().await;
+            tokio::select! {
+                _ = committed => {}
+                _ = woken => {}
+                _ = freed => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        // Graceful stop: no new claims; what is in flight finishes (bounded
+        // by the delivery timeout) and is recorded.
+        let _ = recorder.await;
+        pruner.abort();
+        if s.db.backend == Backend::Postgres {
+            let node = s.node.clone();
+            let released =
+                s.db.committer.write(move |conn| Box::pin(async move { deliveries::release(conn, &node).await })).await;
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "could not hand back claims; their leases will expire");
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the next retry is due, at most
+    /// the safety poll. Work that is due but waits for a free slot or for an
+    /// earlier event is woken by the commit of a result, not by polling.
+    async fn until_next_due(&self) -> Duration {
+        let s = &self.shared;
+        let Ok(mut conn) = s.db.read.acquire().await else { return SAFETY_POLL };
+        match deliveries::next_due_at(&mut conn).await {
+            Ok(Some(at)) => match (at - s.clock.now()).to_std() {
+                Ok(wait) if !wait.is_zero() => wait.min(SAFETY_POLL),
+                _ => SAFETY_POLL,
+            },
+            _ => SAFETY_POLL,
+        }
+    }
+
+    /// Deletes sent requests past the retention period, a batch at a time.
+    async fn prune_loop(&self, stop: CancellationToken) {
+        let s = &self.shared;
+        loop {
+            let before = s.clock.now() - chrono::TimeDelta::from_std(s.config.retention).unwrap_or_default();
+            let pruned =
+                s.db.committer
+                    .write(move |conn| Box::pin(async move { deliveries::prune(conn, before, 5000).await }))
+                    .await;
+            let pause = match pruned {
+                Ok(5000) => Duration::from_millis(100),
+                Ok(_) => Duration::from_secs(60),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning sent requests failed");
+                    Duration::from_secs(60)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The delivery engine's storage: which requests are due, claiming them,
+//! and writing what happened (with the retry that follows a failure and the
+//! webhook's failure streak) in one place.
+
+use super::Backend;
+use super::accounts::uuid_col;
+use crate::clock::{from_micros, to_micros};
+use crate::domain::webhook::{Ordering, RetryPolicy, WebhookStatus};
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use sqlx::{AnyConnection, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A webhook that may have due requests, with what sending needs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub uuid: Uuid,
+    pub url: String,
+    pub secret: Option<String>,
+    pub signing_secret: String,
+    pub ordering: Ordering,
+    pub status: WebhookStatus,
+    /// The key whose scopes the temporary token carries, while it is live.
+    pub token_key: Option<Uuid>,
+}
+
+/// Webhooks to serve now: the active ones, and the suspended ones whose
+/// next probe is due.
+pub async fn targets(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<Vec<Target>> {
+    let rows = sqlx::query(
+        "SELECT w.uuid, w.url, w.secret, w.signing_secret, w.ordering, w.status, w.created_by_key, \
+         k.revoked_at AS key_revoked, k.uuid AS key_uuid \
+         FROM webhooks w LEFT JOIN api_keys k ON k.uuid = w.created_by_key \
+         WHERE w.removed = 0 AND (w.status = 'active' OR (w.status = 'suspended' AND w.next_probe_at <= $1))",
+    )
+    .bind(to_micros(now))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let key_live = r.try_get::<Option<String>, _>("key_uuid")?.is_some()
+                && r.try_get::<Option<i64>, _>("key_revoked")?.is_none();
+            Ok(Target {
+                uuid: uuid_col(r, "uuid")?,
+                url: r.try_get("url")?,
+                secret: r.try_get("secret")?,
+                signing_secret: r.try_get("signing_secret")?,
+                ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
+                status: WebhookStatus::parse(&r.try_get::<String, _>("status")?),
+                token_key: if key_live { Some(uuid_col(r, "created_by_key")?) } else { None },
+            })
+        })
+        .collect()
+}
+
+/// A request to make now.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub request: Uuid,
+    pub webhook: Uuid,
+    pub event_uuid: Uuid,
+    pub attempt_no: i64,
+    pub retry_no: i64,
+    /// The exact body to send.
+    pub body: String,
+}
+
+/// Claims up to `limit` due requests of one webhook, oldest first, for
+/// `lease` (PostgreSQL: a row lease other nodes respect; SQLite has one
+/// sending process, which tracks its in-flight requests itself). With entity
+/// ordering, a request waits while an earlier event of the same resource is
+/// still pending for this webhook. A `probe` takes the oldest pending
+/// request whether it is due or not.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    target: &Target,
+    limit: i64,
+    now: DateTime<Utc>,
+    probe: bool,
+    lease: Duration,
+    node: &str,
+) -> Result<Vec<Due>> {
+    let now_us = to_micros(now);
+    let due_by = if probe { i64::MAX } else { now_us };
+    let ordered = if target.ordering == Ordering::Entity {
+        " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.webhook_uuid = r.webhook_uuid \
+           AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' \
+           AND (p.entity_version < r.entity_version \
+                OR (p.entity_version = r.entity_version AND p.event_uuid < r.event_uuid)))"
+    } else {
+        ""
+    };
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE OF r SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT r.uuid, r.event_uuid, r.attempt_no, r.retry_no, e.body FROM requests r \
+         JOIN events e ON e.uuid = r.event_uuid \
+         WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
+         AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered} \
+         ORDER BY r.send_at, r.uuid LIMIT $3{lock}"
+    ))
+    .bind(target.uuid.to_string())
+    .bind(now_us)
+    .bind(limit)
+    .bind(due_by)
+    .fetch_all(&mut *conn)
+    .await?;
+    let due: Vec<Due> = rows
+        .iter()
+        .map(|r| {
+            Ok(Due {
+                request: uuid_col(r, "uuid")?,
+                webhook: target.uuid,
+                event_uuid: uuid_col(r, "event_uuid")?,
+                attempt_no: r.try_get("attempt_no")?,
+                retry_no: r.try_get("retry_no")?,
+                body: r.try_get("body")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    if backend == Backend::Postgres && !due.is_empty() {
+        let until = to_micros(now + chrono::TimeDelta::from_std(lease).unwrap_or_default());
+        let marks: Vec<String> = (0..due.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql =
+            format!("UPDATE requests SET claimed_by = $1, claimed_until = $2 WHERE uuid IN ({})", marks.join(", "));
+        let mut q = sqlx::query(&sql).bind(node).bind(until);
+        for d in &due {
+            q = q.bind(d.request.to_string());
+        }
+        q.execute(conn).await?;
+    }
+    Ok(due)
+}
+
+/// When the next scheduled request of an active webhook falls due, if any.
+pub async fn next_due_at(conn: &mut AnyConnection) -> Result<Option<DateTime<Utc>>> {
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(r.send_at) FROM requests r JOIN webhooks w ON w.uuid = r.webhook_uuid \
+         WHERE r.status = 'scheduled' AND w.status = 'active' AND w.removed = 0",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(next.map(from_micros))
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub due: Due,
+    /// Whether the webhook was suspended and this was its probe.
+    pub probe: bool,
+    pub sent_at: DateTime<Utc>,
+    pub elapsed_ms: i64,
+    pub response_code: Option<u16>,
+    /// JSON object of the response headers.
+    pub response_headers: Option<String>,
+    pub response_body: Option<String>,
+    pub error_type: Option<&'static str>,
+    pub error_description: Option<String>,
+    /// `Retry-After` of a 429 or 503.
+    pub retry_after: Option<Duration>,
+}
+
+impl Attempt {
+    pub fn succeeded(&self) -> bool {
+        self.response_code.is_some_and(|c| (200..300).contains(&c))
+    }
+}
+
+/// Writes a batch of attempts: each request row gets its outcome, a failure
+/// gets its retry (or is marked exhausted), and each webhook's failure
+/// streak, suspension and probe time move on. `unit` draws jitter in [0, 1).
+/// Returns how many attempts were recorded (a request already finished
+/// elsewhere, e.g. after a lost lease, is skipped).
+pub async fn record(
+    conn: &mut AnyConnection,
+    attempts: &[Attempt],
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+    unit: &mut (dyn FnMut() -> f64 + Send),
+) -> Result<usize> {
+    let mut recorded = 0;
+    for a in attempts {
+        let success = a.succeeded();
+        let row = sqlx::query(
+            "SELECT account_uuid, event_type, entity_type, entity_uuid, entity_version FROM requests \
+             WHERE uuid = $1 AND status = 'scheduled'",
+        )
+        .bind(a.due.request.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { continue };
+        recorded += 1;
+
+        // The retry that follows a failure. Probes of a suspended webhook
+        // cost no retry budget; their request simply waits again.
+        let retry = if success {
+            None
+        } else if a.probe {
+            Some((a.due.retry_no, now))
+        } else {
+            let failures = a.due.retry_no + 1;
+            policy
+                .delay(failures as u32, unit(), a.retry_after)
+                .map(|d| (failures, now + chrono::TimeDelta::from_std(d).unwrap_or_default()))
+        };
+        let outcome = match (success, &retry) {
+            (true, _) => "success",
+            (false, Some(_)) => "failed",
+            (false, None) => "exhausted",
+        };
+        sqlx::query(
+            "UPDATE requests SET status = 'sent', outcome = $1, sent_at = $2, request_time_ms = $3, \
+             http_response_code = $4, http_response_headers = $5, http_response_body = $6, error_type = $7, \
+             error_description = $8, claimed_by = NULL, claimed_until = NULL WHERE uuid = $9",
+        )
+        .bind(outcome)
+        .bind(to_micros(a.sent_at))
+        .bind(a.elapsed_ms)
+        .bind(a.response_code.map(i64::from))
+        .bind(a.response_headers.clone())
+        .bind(a.response_body.clone())
+        .bind(a.error_type)
+        .bind(a.error_description.clone())
+        .bind(a.due.request.to_string())
+        .execute(&mut *conn)
+        .await?;
+        if let Some((retry_no, send_at)) = retry {
+            sqlx::query(
+                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
+                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12)",
+            )
+            .bind(Uuid::now_v7().to_string())
+            .bind(row.try_get::<String, _>("account_uuid")?)
+            .bind(a.due.webhook.to_string())
+            .bind(a.due.event_uuid.to_string())
+            .bind(row.try_get::<String, _>("event_type")?)
+            .bind(row.try_get::<String, _>("entity_type")?)
+            .bind(row.try_get::<String, _>("entity_uuid")?)
+            .bind(row.try_get::<i64, _>("entity_version")?)
+            .bind(a.due.attempt_no + 1)
+            .bind(retry_no)
+            .bind(to_micros(send_at))
+            .bind(to_micros(now))
+            .execute(&mut *conn)
+            .await?;
+        }
+        update_streak(conn, a, success, policy, now).await?;
+    }
+    Ok(recorded)
+}
+
+/// Moves a webhook's failure streak on, suspending or reactivating it.
+async fn update_streak(
+    conn: &mut AnyConnection,
+    a: &Attempt,
+    success: bool,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let webhook = a.due.webhook.to_string();
+    let row = sqlx::query("SELECT status, consecutive_failures, failing_since FROM webhooks WHERE uuid = $1")
+        .bind(&webhook)
+        .fetch_one(&mut *conn)
+        .await?;
+    let status = WebhookStatus::parse(&row.try_get::<String, _>("status")?);
+    let now_us = to_micros(now);
+    if success {
+        sqlx::query(
+            "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL, next_probe_at = NULL WHERE uuid = $1",
+        )
+        .bind(&webhook)
+        .execute(&mut *conn)
+        .await?;
+        if status == WebhookStatus::Suspended {
+            // A probe answered: the webhook is back, its backlog due now.
+            sqlx::query(
+                "UPDATE webhooks SET status = 'active', suspended_at = NULL, suspension_reason = NULL, updated_at = $1 \
+                 WHERE uuid = $2",
+            )
+            .bind(now_us)
+            .bind(&webhook)
+            .execute(&mut *conn)
+            .await?;
+            super::webhooks::make_pending_due(conn, a.due.webhook, now).await?;
+        }
+        return Ok(());
+    }
+    let failures: i64 = row.try_get::<i64, _>("consecutive_failures")? + 1;
+    let since = row.try_get::<Option<i64>, _>("failing_since")?.unwrap_or(now_us);
+    let probe_at = to_micros(now + chrono::TimeDelta::from_std(policy.probe_interval).unwrap_or_default());
+    let reason = if a.response_code == Some(410) {
+        Some("the endpoint answered 410 Gone".to_string())
+    } else if policy.should_suspend(failures, from_micros(since), now) {
+        Some(format!(
+            "{failures} consecutive failed attempts, none successful since {}",
+            crate::domain::common::ts::format(&from_micros(since))
+        ))
+    } else {
+        None
+    };
+    match (status, reason) {
+        (WebhookStatus::Active, Some(reason)) => {
+            sqlx::query(
+                "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2, status = 'suspended', \
+                 suspended_at = $3, suspension_reason = $4, next_probe_at = $5, updated_at = $3 WHERE uuid = $6",
+            )
+            .bind(failures)
+            .bind(since)
+            .bind(now_us)
+            .bind(reason)
+            .bind(probe_at)
+            .bind(&webhook)
+            .execute(conn)
+            .await?;
+        }
+        _ => {
+            sqlx::query(
+                "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2, next_probe_at = $3 WHERE uuid = $4",
+            )
+            .bind(failures)
+            .bind(since)
+            .bind(probe_at)
+            .bind(&webhook)
+            .execute(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Hands back claims (graceful shutdown): the requests are due again at once
+/// for any node.
+pub async fn release(conn: &mut AnyConnection, node: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE requests SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1 AND status = 'scheduled'",
+    )
+    .bind(node)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes sent requests older than `before` (retention); returns how many.
+pub async fn prune(conn: &mut AnyConnection, before: DateTime<Utc>, limit: i64) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM requests WHERE uuid IN (SELECT uuid FROM requests WHERE status = 'sent' AND sent_at < $1 LIMIT $2)",
+    )
+    .bind(to_micros(before))
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

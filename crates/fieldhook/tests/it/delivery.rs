@@ -1,0 +1,486 @@
+//! The delivery engine against real receivers: body, headers, signature,
+//! temporary tokens, retries, failure kinds, suspension, ordering,
+//! isolation.
+
+use crate::helpers::{Backend, TestApp, fresh_database, spawn_with};
+use crate::receiver::{Answer, Receiver};
+use fieldhook::config::Settings;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+crate::on_both_backends!(
+    body_and_headers_are_as_specified_and_the_signature_verifies,
+    only_subscribed_events_are_delivered,
+    a_failing_receiver_is_retried_with_the_next_attempt_number,
+    redirects_and_closed_ports_are_failures_of_their_kind,
+    retry_after_is_honoured_and_410_suspends_at_once,
+    a_webhook_that_keeps_failing_is_suspended_then_probed_back,
+    retries_run_out_and_the_event_is_listed_as_failed_and_can_be_resent,
+    entity_ordering_delivers_one_job_in_version_order_despite_failures,
+    last_write_wins_and_full_replication_receivers_converge,
+    a_dead_endpoint_does_not_delay_a_healthy_one,
+    pause_holds_events_and_resume_releases_them,
+    the_test_event_and_deleting_a_webhook,
+    webhook_urls_and_event_types_are_validated,
+);
+
+fn settle() -> Duration {
+    Duration::from_millis(30)
+}
+
+async fn body_and_headers_are_as_specified_and_the_signature_verifies(app: TestApp) {
+    let rx = Receiver::start().await;
+    let hook = app.webhook_with(json!({"url": rx.url, "event_types": ["job_created"], "secret": "s3cret"})).await;
+    let signing_secret =
+        app.get(&format!("/v2/webhooks/{hook}")).await.body["webhook"]["signing_secret"].as_str().unwrap().to_string();
+    assert!(signing_secret.starts_with("whsec_"));
+    let job = app.create("jobs", json!({"description": "leak"})).await;
+    let got = rx.wait_for(1).await;
+    let r = &got[0];
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.header("user-agent").unwrap().starts_with("fieldhook/"));
+    assert_eq!(r.header("x-planado-delivery-attempt"), Some("1"));
+    assert_eq!(r.header("x-planado-secret"), Some("s3cret"));
+    assert_eq!(r.body["event_type"], "job_created");
+    assert_eq!(r.header("webhook-id"), r.body["event_uuid"].as_str());
+    let snapshot = app.get(&format!("/v2/jobs/{job}")).await.body["job"].clone();
+    assert_eq!(r.body["job"], snapshot);
+    assert_eq!(r.body["context"]["source"], "api");
+    // Standard Webhooks signature over the exact bytes received.
+    let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
+    assert!((ts - chrono::Utc::now().timestamp()).abs() < 120);
+    let expected = fieldhook::domain::webhook::sign(&signing_secret, &r.event_uuid(), ts, &r.raw);
+    assert_eq!(r.header("webhook-signature"), Some(expected.as_str()));
+    // The temporary token calls straight back, until it expires.
+    let token = r.header("x-planado-api-token").expect("a temporary token").to_string();
+    let back = app.send(reqwest::Method::GET, &format!("/v2/jobs/{job}"), Some(&token), None).await;
+    assert_eq!(back.status, 200);
+    let keys = app.send(reqwest::Method::GET, "/v2/api_keys", Some(&token), None).await;
+    assert_eq!(keys.status, 403, "a temporary token never manages keys");
+    app.advance(Duration::from_secs(61));
+    let late = app.send(reqwest::Method::GET, &format!("/v2/jobs/{job}"), Some(&token), None).await;
+    assert_eq!(late.status, 401);
+    // The log shows the request with its answer.
+    let log = app.wait_for_log(&hook, "a sent request", |l| l.first().is_some_and(|r| r["status"] == "sent")).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["http_response_code"], 200);
+    assert_eq!(log[0]["attempt_no"], 1);
+    assert_eq!(log[0]["entity_type"], "job");
+    assert_eq!(log[0]["entity_uuid"], job);
+    assert_eq!(log[0]["entity_version"], 1);
+    assert_eq!(log[0]["http_request_body"], Value::String(r.raw.clone()));
+    assert!(log[0].get("error_type").is_none());
+    let one = app.get(&format!("/v2/webhooks/{hook}/requests/{}", log[0]["uuid"].as_str().unwrap())).await;
+    assert_eq!(one.body["request"], log[0]);
+}
+
+async fn only_subscribed_events_are_delivered(app: TestApp) {
+    let billing = Receiver::start().await;
+    let crm = Receiver::start().await;
+    app.webhook(&billing.url, &["client_removed"]).await;
+    app.webhook(&crm.url, &["client_created", "client_updated"]).await;
+    let c = app.create("clients", json!({"first_name": "A"})).await;
+    app.patch(&format!("/v2/clients/{c}"), json!({"last_name": "B"})).await;
+    app.delete(&format!("/v2/clients/{c}")).await;
+    let got = crm.wait_for(2).await;
+    let billing_got = billing.wait_for(1).await;
+    tokio::time::sleep(settle()).await;
+    assert_eq!(crm.received().len(), 2);
+    assert_eq!(billing.received().len(), 1);
+    assert_eq!(billing_got[0].body["event_type"], "client_removed");
+    let mut types: Vec<_> = got.iter().map(|r| r.body["event_type"].as_str().unwrap().to_string()).collect();
+    types.sort();
+    assert_eq!(types, vec!["client_created", "client_updated"]);
+}
+
+async fn a_failing_receiver_is_retried_with_the_next_attempt_number(app: TestApp) {
+    let rx = Receiver::start().await;
+    rx.script(vec![Answer::Status(500), Answer::Status(500)], Answer::Status(200));
+    let hook = app.webhook(&rx.url, &["client_created"]).await;
+    app.create("clients", json!({"first_name": "A"})).await;
+    rx.wait_for(1).await;
+    app.wait_for_log(&hook, "the retry", |l| l.len() == 2).await;
+    app.advance(Duration::from_secs(17)); // 15 s + 10 % jitter
+    rx.wait_for(2).await;
+    app.wait_for_log(&hook, "the second retry", |l| l.len() == 3).await;
+    app.advance(Duration::from_secs(34)); // 30 s + 10 %
+    let got = rx.wait_for(3).await;
+    let attempts: Vec<_> = got.iter().map(|r| r.header("x-planado-delivery-attempt").unwrap().to_string()).collect();
+    assert_eq!(attempts, vec!["1", "2", "3"]);
+    assert!(got.iter().all(|r| r.event_uuid() == got[0].event_uuid()), "one event_uuid on every attempt");
+    let log = app
+        .wait_for_log(&hook, "three sent requests", |l| l.iter().all(|r| r["status"] == "sent") && l.len() == 3)
+        .await;
+    let codes: Vec<_> = log.iter().map(|r| r["http_response_code"].clone()).collect();
+    assert_eq!(codes, vec![json!(200), json!(500), json!(500)], "newest first");
+    let numbers: Vec<_> = log.iter().map(|r| r["attempt_no"].clone()).collect();
+    assert_eq!(numbers, vec![json!(3), json!(2), json!(1)]);
+    // The retry was scheduled 15 s (± 10 %) after the first attempt.
+    let at = |r: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap()).unwrap();
+    let gap = (at(&log[1], "send_at") - at(&log[2], "sent_at")).num_milliseconds();
+    assert!((13_500..=16_500).contains(&gap), "first retry after {gap} ms");
+    assert!(app.requests(&hook, Some("scheduled")).await.is_empty());
+}
+
+async fn redirects_and_closed_ports_are_failures_of_their_kind(app: TestApp) {
+    let rx = Receiver::start().await;
+    rx.answer_with(|_| Answer::WithHeader(302, "location", "http://127.0.0.1:1/elsewhere".into()));
+    let redirected = app.webhook(&rx.url, &["client_created"]).await;
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        port
+    };
+    let closed = app.webhook(&format!("http://127.0.0.1:{closed_port}/hook"), &["client_created"]).await;
+    let unresolvable = app.webhook("http://no-such-host.invalid/hook", &["client_created"]).await;
+    app.create("clients", json!({"first_name": "A"})).await;
+    let sent = |l: &[Value]| l.iter().any(|r| r["status"] == "sent");
+    let log = app.wait_for_log(&redirected, "the redirect", sent).await;
+    let first = log.iter().find(|r| r["status"] == "sent").unwrap();
+    assert_eq!(first["http_response_code"], 302);
+    assert!(first.get("error_type").is_none());
+    assert_eq!(log.iter().filter(|r| r["status"] == "scheduled").count(), 1, "a 302 is retried");
+    assert_eq!(rx.received().len(), 1, "the redirect was not followed");
+    let log = app.wait_for_log(&closed, "the closed port", sent).await;
+    let first = log.iter().find(|r| r["status"] == "sent").unwrap();
+    assert_eq!(first["error_type"], "connection failure");
+    assert_eq!(first["http_response_code"], Value::Null);
+    assert!(first["error_description"].is_string());
+    let log = app.wait_for_log(&unresolvable, "the dns failure", sent).await;
+    assert_eq!(log.iter().find(|r| r["status"] == "sent").unwrap()["error_type"], "dns failure");
+}
+
+async fn retry_after_is_honoured_and_410_suspends_at_once(app: TestApp) {
+    let busy = Receiver::start().await;
+    busy.script(vec![Answer::WithHeader(429, "retry-after", "3600".into())], Answer::Status(200));
+    let hook = app.webhook(&busy.url, &["client_created"]).await;
+    let gone = Receiver::start().await;
+    gone.answer_with(|_| Answer::Status(410));
+    let gone_hook = app.webhook(&gone.url, &["client_created"]).await;
+    app.create("clients", json!({"first_name": "A"})).await;
+    let log = app.wait_for_log(&hook, "the retry", |l| l.len() == 2).await;
+    let at = |r: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap()).unwrap();
+    assert!((at(&log[0], "send_at") - at(&log[1], "sent_at")).num_seconds() >= 3600);
+    app.advance(Duration::from_secs(60));
+    tokio::time::sleep(settle()).await;
+    assert_eq!(busy.received().len(), 1, "not before the hour asked for");
+    app.advance(Duration::from_secs(3600));
+    busy.wait_for(2).await;
+
+    app.wait_for_log(&gone_hook, "the 410", |l| l.iter().any(|r| r["http_response_code"] == 410)).await;
+    let w = app.get(&format!("/v2/webhooks/{gone_hook}")).await.body["webhook"].clone();
+    assert_eq!(w["status"], "suspended");
+    assert!(w["suspended_at"].is_string());
+    assert!(w["suspension_reason"].as_str().unwrap().contains("410"));
+}
+
+async fn a_webhook_that_keeps_failing_is_suspended_then_probed_back(app: TestApp) {
+    let rx = Receiver::start().await;
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = failing.clone();
+    rx.answer_with(move |_| Answer::Status(if f.load(std::sync::atomic::Ordering::SeqCst) { 503 } else { 200 }));
+    let hook = app.webhook(&rx.url, &["client_created"]).await;
+    // Fail until suspended: 20 consecutive failures and 24 h without success.
+    let mut created = vec![app.create("clients", json!({"first_name": "first"})).await];
+    let mut rounds = 0;
+    while webhook_status(&app, &hook).await == "active" {
+        rounds += 1;
+        assert!(rounds < 60, "never suspended");
+        let n = rx.received().len();
+        created.push(app.create("clients", json!({"first_name": format!("c{rounds}")})).await);
+        // Wait for an attempt, unless that last failure suspended it.
+        for _ in 0..400 {
+            if rx.received().len() > n || webhook_status(&app, &hook).await == "suspended" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(settle()).await;
+        app.advance(Duration::from_secs(3 * 3600));
+    }
+    let suspended = app.get(&format!("/v2/webhooks/{hook}")).await.body["webhook"].clone();
+    assert!(suspended["suspension_reason"].as_str().unwrap().contains("consecutive"));
+    // While suspended, new events pile up as scheduled, and no retries are spent.
+    let before = rx.received().len();
+    for i in 0..5 {
+        created.push(app.create("clients", json!({"first_name": format!("held{i}")})).await);
+    }
+    app.advance(Duration::from_secs(60));
+    tokio::time::sleep(settle()).await;
+    assert_eq!(rx.received().len(), before, "nothing is sent while suspended before the probe");
+    let scheduled = app.requests(&hook, Some("scheduled")).await;
+    assert_eq!(scheduled.len(), created.len(), "every event waits, none was dropped");
+    // The receiver recovers; the next probe finds it and the backlog flows.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    app.advance(Duration::from_secs(301));
+    let got = rx
+        .wait_until("every event delivered", |r| {
+            let ok: std::collections::HashSet<String> =
+                r.iter().map(|x| x.body["client"]["uuid"].as_str().unwrap_or_default().to_string()).collect();
+            created.iter().all(|c| ok.contains(c))
+        })
+        .await;
+    assert!(got.len() > created.len());
+    assert_eq!(webhook_status(&app, &hook).await, "active");
+    app.wait_for_log(&hook, "an empty backlog", |l| l.iter().all(|r| r["status"] == "sent")).await;
+}
+
+async fn webhook_status(app: &TestApp, hook: &str) -> String {
+    app.get(&format!("/v2/webhooks/{hook}")).await.body["webhook"]["status"].as_str().unwrap().to_string()
+}
+
+async fn retries_run_out_and_the_event_is_listed_as_failed_and_can_be_resent(app: TestApp) {
+    let backend = backend_of(&app);
+    let (url, dir) = fresh_database(backend).await.unwrap();
+    drop(app);
+    let app = spawn_with(backend, url, dir, |s| Settings { retry_schedule: Some("10s,20s".into()), ..s }).await;
+    let rx = Receiver::start().await;
+    rx.answer_with(|_| Answer::Status(500));
+    let hook = app.webhook(&rx.url, &["client_created"]).await;
+    app.create("clients", json!({"first_name": "A"})).await;
+    for n in 1..=3 {
+        rx.wait_for(n).await;
+        app.wait_for_log(&hook, "the attempt recorded", |l| l.iter().filter(|r| r["status"] == "sent").count() == n)
+            .await;
+        app.advance(Duration::from_secs(25));
+    }
+    tokio::time::sleep(settle()).await;
+    assert_eq!(rx.received().len(), 3, "one attempt and two retries");
+    let failed = app.requests(&hook, Some("failed")).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["attempt_no"], 3);
+    assert!(app.requests(&hook, Some("scheduled")).await.is_empty());
+    rx.answer_with(|_| Answer::Status(200));
+    let r = app
+        .post(&format!("/v2/webhooks/{hook}/requests/{}/resend", failed[0]["uuid"].as_str().unwrap()), json!({}))
+        .await;
+    assert_eq!(r.status, 202);
+    let got = rx.wait_for(4).await;
+    assert_eq!(got[3].header("x-planado-delivery-attempt"), Some("4"));
+    assert_eq!(got[3].event_uuid(), got[0].event_uuid());
+}
+
+fn backend_of(app: &TestApp) -> Backend {
+    match app.db.backend {
+        fieldhook::storage::Backend::Sqlite => Backend::Sqlite,
+        fieldhook::storage::Backend::Postgres => Backend::Postgres,
+    }
+}
+
+async fn entity_ordering_delivers_one_job_in_version_order_despite_failures(app: TestApp) {
+    let rx = Receiver::start().await;
+    let mut n = 0;
+    rx.answer_with(move |_| {
+        n += 1;
+        Answer::Status(if n % 3 == 0 { 500 } else { 200 })
+    });
+    app.webhook_with(json!({"url": rx.url, "event_types": ["job_created", "job_updated"], "ordering": "entity"})).await;
+    let job = app.create("jobs", json!({"description": "v1"})).await;
+    for v in 2..=50 {
+        app.patch(&format!("/v2/jobs/{job}"), json!({"description": format!("v{v}")})).await;
+    }
+    let delivered = |r: &[crate::receiver::Received]| r.iter().any(|x| x.body["job"]["version"] == 50);
+    for _ in 0..200 {
+        if delivered(&rx.received()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        app.advance(Duration::from_secs(20));
+    }
+    let got = rx.wait_until("version 50", delivered).await;
+    // Every attempt, failed or not, came in version order: never an older
+    // version after a newer one.
+    let versions: Vec<i64> = got.iter().map(|r| r.body["job"]["version"].as_i64().unwrap()).collect();
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "out of order: {versions:?}");
+    let distinct: std::collections::BTreeSet<i64> = versions.iter().copied().collect();
+    assert_eq!(distinct.len(), 50);
+}
+
+/// A receiver replicating one job, answering as webhooks.md describes.
+fn replicator(full: bool) -> impl FnMut(&crate::receiver::Received) -> Answer + Send {
+    let mut stored: i64 = 0;
+    move |r| {
+        let v = r.body["job"]["version"].as_i64().unwrap_or(0);
+        if full {
+            if v == stored + 1 {
+                stored = v;
+                Answer::Status(200)
+            } else if v <= stored {
+                Answer::Status(200)
+            } else {
+                Answer::Status(422)
+            }
+        } else {
+            stored = stored.max(v);
+            Answer::Status(200)
+        }
+    }
+}
+
+async fn last_write_wins_and_full_replication_receivers_converge(app: TestApp) {
+    let lww = Receiver::start().await;
+    let full = Receiver::start().await;
+    let flaky = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut lww_policy = replicator(false);
+    let f = flaky.clone();
+    lww.answer_with(move |r| {
+        // Fail every fourth attempt so that retries overtake newer events.
+        if f.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 4 == 3 { Answer::Status(500) } else { lww_policy(r) }
+    });
+    full.answer_with(replicator(true));
+    let types = ["job_created", "job_updated", "job_removed"];
+    app.webhook(&lww.url, &types).await;
+    app.webhook(&full.url, &types).await;
+    let job = app.create("jobs", json!({"description": "v1"})).await;
+    for v in 2..=30 {
+        app.patch(&format!("/v2/jobs/{job}"), json!({"description": format!("v{v}")})).await;
+    }
+    let final_version = 30;
+    let acked_max =
+        |rx: &Receiver| rx.received().iter().filter_map(|r| r.body["job"]["version"].as_i64()).max().unwrap_or(0);
+    for _ in 0..300 {
+        if acked_max(&full) == final_version && acked_max(&lww) == final_version {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        app.advance(Duration::from_secs(120));
+    }
+    // Both converge: the full replicator has applied every version in turn.
+    let applied: std::collections::BTreeSet<i64> =
+        full.received().iter().filter_map(|r| r.body["job"]["version"].as_i64()).collect();
+    assert_eq!(applied, (1..=final_version).collect(), "full replication saw every version");
+    assert_eq!(acked_max(&lww), final_version);
+}
+
+async fn a_dead_endpoint_does_not_delay_a_healthy_one(app: TestApp) {
+    let dead = Receiver::start().await;
+    dead.answer_with(|_| Answer::Hang);
+    let healthy = Receiver::start().await;
+    let dead_hook = app.webhook(&dead.url, &["client_created"]).await;
+    app.webhook(&healthy.url, &["client_created"]).await;
+    for i in 0..40 {
+        app.create("clients", json!({"first_name": format!("c{i}")})).await;
+    }
+    healthy.wait_for(40).await;
+    // The dead endpoint holds at most its in-flight bound, and not one of
+    // its requests has even timed out yet: the healthy one never waited.
+    let stuck = dead.received().len();
+    assert!(stuck <= 16, "{stuck} requests in flight to one webhook");
+    assert!(app.requests(&dead_hook, None).await.iter().all(|r| r["status"] == "scheduled"));
+}
+
+async fn pause_holds_events_and_resume_releases_them(app: TestApp) {
+    let rx = Receiver::start().await;
+    let hook = app.webhook(&rx.url, &["site_created"]).await;
+    let r = app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["webhook"]["status"], "paused");
+    for i in 0..3 {
+        app.create("sites", json!({"name": format!("s{i}")})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rx.received().is_empty());
+    assert_eq!(app.requests(&hook, Some("scheduled")).await.len(), 3);
+    let r = app.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await;
+    assert_eq!(r.body["webhook"]["status"], "active");
+    rx.wait_for(3).await;
+}
+
+async fn the_test_event_and_deleting_a_webhook(app: TestApp) {
+    let rx = Receiver::start().await;
+    let hook = app.webhook(&rx.url, &["job_created"]).await;
+    let r = app.post(&format!("/v2/webhooks/{hook}/test"), json!({})).await;
+    assert_eq!(r.status, 202);
+    assert!(r.body["request_uuid"].is_string());
+    let got = rx.wait_for(1).await;
+    assert_eq!(got[0].body["event_type"], "webhook_test");
+    assert_eq!(got[0].body["webhook"]["uuid"], hook);
+    assert_eq!(got[0].body["webhook"]["version"], 0);
+    // Deleting drops what was scheduled.
+    app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
+    app.create("jobs", json!({})).await;
+    assert_eq!(app.delete(&format!("/v2/webhooks/{hook}")).await.status, 204);
+    assert_eq!(app.get(&format!("/v2/webhooks/{hook}")).await.status, 404);
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE status = 'scheduled'")
+        .fetch_one(&app.db.read)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+    let types = app.get("/v2/event_types").await.body;
+    let names: Vec<_> = types["event_types"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 18);
+    assert!(names.contains(&"job_report_ready") && !names.contains(&"webhook_test"));
+}
+
+async fn webhook_urls_and_event_types_are_validated(app: TestApp) {
+    for (body, field) in [
+        (json!({"url": "ftp://x.io", "event_types": ["job_created"]}), "url"),
+        (json!({"url": "https://x.io/h", "event_types": []}), "event_types"),
+        (json!({"url": "https://x.io/h", "event_types": ["job_exploded"]}), "event_types"),
+        (json!({"url": "https://x.io/h", "event_types": ["job_created"], "ordering": "random"}), "ordering"),
+        (json!({"url": "https://x.io/h", "event_types": ["job_created"], "secret": "x".repeat(201)}), "secret"),
+        (json!({"url": format!("https://x.io/{}", "a".repeat(2000)), "event_types": ["job_created"]}), "url"),
+    ] {
+        let r = app.post("/v2/webhooks", body.clone()).await;
+        assert_eq!(r.status, 422, "{body}");
+        assert!(r.body["errors"][field].is_array(), "{body}: {}", r.body);
+    }
+    let reader = app.key_with(&["webhooks:read"]).await;
+    let r = app
+        .send(
+            reqwest::Method::POST,
+            "/v2/webhooks",
+            Some(&reader),
+            Some(json!({"url": "https://x.io", "event_types": ["job_created"]})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let hook = app.webhook("https://hooks.example.com/x", &["job_created"]).await;
+    let r =
+        app.patch(&format!("/v2/webhooks/{hook}"), json!({"event_types": ["job_updated"], "ordering": "entity"})).await;
+    assert_eq!(r.status, 200);
+    let w = app.get(&format!("/v2/webhooks/{hook}")).await.body["webhook"].clone();
+    assert_eq!(w["event_types"], json!(["job_updated"]));
+    assert_eq!(w["ordering"], "entity");
+    assert_eq!(app.get("/v2/webhooks").await.body["webhooks"].as_array().unwrap().len(), 1);
+}
+
+/// With private targets refused, a webhook cannot be aimed at this machine,
+/// neither when created nor by a name that resolves to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_at_creation_and_at_send_time() {
+    let (url, dir) = fresh_database(Backend::Sqlite).await.unwrap();
+    let app =
+        spawn_with(Backend::Sqlite, url, dir, |s| Settings { allow_private_targets: Some("false".into()), ..s }).await;
+    let r = app.post("/v2/webhooks", json!({"url": "http://127.0.0.1:9/hook", "event_types": ["job_created"]})).await;
+    assert_eq!(r.status, 422);
+    assert!(r.body["errors"]["url"].is_array());
+    // A public-looking name that resolves to loopback is caught when sending.
+    let hook = app.webhook("http://localtest.me:9/hook", &["job_created"]).await;
+    let hook2 = app.webhook("http://127.0.0.1.nip.io:9/hook", &["job_created"]).await;
+    app.create("jobs", json!({})).await;
+    for h in [hook, hook2] {
+        let log = app.wait_for_log(&h, "the refused attempt", |l| l.iter().any(|r| r["status"] == "sent")).await;
+        let sent = log.iter().find(|r| r["status"] == "sent").unwrap();
+        // Without internet the name may not resolve at all: either way no
+        // connection to a private address was made.
+        let kind = sent["error_type"].as_str().unwrap();
+        assert!(kind == "forbidden address" || kind == "dns failure", "{kind}");
+    }
+}
+
+/// A receiver that hangs gives `timeout` once the delivery timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_times_out() {
+    let (url, dir) = fresh_database(Backend::Sqlite).await.unwrap();
+    let app = spawn_with(Backend::Sqlite, url, dir, |s| Settings { delivery_timeout: Some("300ms".into()), ..s }).await;
+    let rx = Receiver::start().await;
+    rx.answer_with(|_| Answer::Hang);
+    let hook = app.webhook(&rx.url, &["job_created"]).await;
+    app.create("jobs", json!({})).await;
+    let log = app.wait_for_log(&hook, "the timeout", |l| l.iter().any(|r| r["status"] == "sent")).await;
+    let sent = log.iter().find(|r| r["status"] == "sent").unwrap();
+    assert_eq!(sent["error_type"], "timeout");
+    assert!(sent["request_time_ms"].as_i64().unwrap() >= 250);
+}
