@@ -34,6 +34,12 @@ impl Server {
         let db = Db::open(&config.database_url, OpenOptions { exclusive: true }).await?;
         db.migrate().await?;
         bootstrap(&db, &clock).await?;
+        let push_url = config.push_url.as_ref().map(|u| u.to_string());
+        db.committer
+            .write(move |conn| {
+                Box::pin(async move { crate::storage::notifications::configure_push(conn, push_url.as_deref()).await })
+            })
+            .await?;
         let secret = token_secret(&db).await?;
         let tokens = auth::TokenSigner::new(secret);
         let engine = config
@@ -46,6 +52,7 @@ impl Server {
             limiter: auth::limiter(config.rate_limit),
             tokens,
             allow_private_targets: config.allow_private_targets,
+            push_url: config.push_url.as_ref().map(|u| u.to_string()),
         };
         let listener = TcpListener::bind(config.listen)
             .await

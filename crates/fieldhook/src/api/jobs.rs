@@ -2,18 +2,25 @@
 
 use super::AppState;
 use super::error::ErrorBody;
-use super::resources::{self, ApiResource, resolve_ref};
+use super::extract::{JsonBody, OptionalJsonBody};
+use super::resources::{self, ApiResource, WriteContext, resolve_ref};
 use crate::domain::EntityKind;
 use crate::domain::event::EventType;
+use crate::domain::event::{Context, Source};
+use crate::domain::job::{Action, ActionInput, ReportInput};
 use crate::domain::job::{
     Assignee, AssigneeInput, Job, JobInput, JobTypeRef, ResolvedRefs, Status, TeamRef, WorkerRef,
 };
+use crate::domain::notification;
 use crate::domain::people::{JobType, Team, User};
 use crate::domain::site::Site;
 use crate::error::{Error, Result};
+use crate::storage::notifications;
 use crate::storage::people::{JOB_TYPES, TEAMS, USERS};
 use crate::storage::resources::{Filter, Op, Param};
+use crate::storage::resources::{find, save};
 use async_trait::async_trait;
+use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 use utoipa_axum::router::OpenApiRouter;
@@ -118,6 +125,110 @@ impl ApiResource for Job {
     async fn check_removable(_: &mut AnyConnection, _: &Job) -> Result<()> {
         Ok(())
     }
+
+    async fn after_write(
+        conn: &mut AnyConnection,
+        account: Uuid,
+        before: Option<&Job>,
+        after: &Job,
+        write: &WriteContext,
+    ) -> Result<()> {
+        if write.notify_assignees
+            && let Some(kind) = notification::notice(before, after)
+        {
+            notifications::notify(conn, account, after, kind, write.push_url.as_deref(), write.now).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The event context of an action: when and where it happened, on whose
+/// behalf (webhooks.md, "The body").
+async fn action_context(
+    conn: &mut AnyConnection,
+    account: Uuid,
+    input: &ActionInput,
+    now: DateTime<Utc>,
+) -> Result<Context> {
+    let mut ctx = Context::api(now);
+    if let Some(at) = input.happened_at {
+        ctx.happened_at = at;
+    }
+    if let Some(device) = input.device_uuid {
+        ctx.source = Source::Mobile;
+        ctx.device_uuid = Some(device);
+    }
+    if let Some(user) = input.user_uuid {
+        let user: User = USERS
+            .get(conn, account, user)
+            .await?
+            .ok_or_else(|| Error::invalid("user_uuid", "refers to a user that does not exist"))?;
+        ctx.user_uuid = Some(user.uuid);
+        ctx.user_email = Some(user.email);
+    }
+    Ok(ctx)
+}
+
+/// Move a job through its lifecycle: `publish`, `en_route`, `start`,
+/// `suspend`, `resume`, `finish` (with `resolution`) or `cancel`.
+#[utoipa::path(post, path = "/v2/jobs/{id}/{action}", tag = "jobs", request_body = Option<ActionInput>,
+    params(("id" = String, Path, description = "uuid or external_id"), ("action" = Action, Path)),
+    responses((status = 200, body = JobEnvelope), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = ["jobs:write"])))]
+pub async fn job_action(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    auth: super::auth::Auth,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    OptionalJsonBody(input): OptionalJsonBody<ActionInput>,
+) -> Result<axum::response::Response> {
+    auth.require("jobs:write")?;
+    let action = Action::parse(&action).ok_or(Error::NotFound("action"))?;
+    let account = auth.account();
+    let now = state.clock.now();
+    let job = state
+        .db
+        .committer
+        .write(move |conn| {
+            Box::pin(async move {
+                let current = find::<Job>(conn, account, &id, true).await?.ok_or(Error::NotFound("job"))?;
+                let ctx = action_context(conn, account, &input, now).await?;
+                let mut next = current.clone();
+                let extra = next.perform(action, &input, ctx.happened_at)?;
+                Ok(save(conn, account, &current, next, &ctx, now, &extra).await?.unwrap_or(current))
+            })
+        })
+        .await?;
+    Ok(axum::Json(JobEnvelope { job }).into_response())
+}
+
+/// Set the technician's report of a finished job.
+#[utoipa::path(put, path = "/v2/jobs/{id}/report", tag = "jobs", request_body = ReportInput,
+    params(("id" = String, Path, description = "uuid or external_id")),
+    responses((status = 200, body = JobEnvelope), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = ["jobs:write"])))]
+pub async fn put_report(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    auth: super::auth::Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: JsonBody<ReportInput>,
+) -> Result<axum::response::Response> {
+    auth.require("jobs:write")?;
+    let account = auth.account();
+    let now = state.clock.now();
+    let fields = body.value.report_fields;
+    let job = state
+        .db
+        .committer
+        .write(move |conn| {
+            Box::pin(async move {
+                let current = find::<Job>(conn, account, &id, true).await?.ok_or(Error::NotFound("job"))?;
+                let mut next = current.clone();
+                let extra = next.set_report(fields)?;
+                Ok(save(conn, account, &current, next, &Context::api(now), now, &extra).await?.unwrap_or(current))
+            })
+        })
+        .await?;
+    Ok(axum::Json(JobEnvelope { job }).into_response())
 }
 
 crate::resource_handlers! {
@@ -188,4 +299,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_job, list_jobs))
         .routes(routes!(get_job, patch_job, delete_job))
         .routes(routes!(job_history))
+        .routes(routes!(job_action))
+        .routes(routes!(put_report))
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub tokens: auth::TokenSigner,
     /// Whether webhook URLs may point at loopback and private addresses.
     pub allow_private_targets: bool,
+    /// Where assignee notifications are pushed, if anywhere.
+    pub push_url: Option<String>,
 }
 
 /// One page of a resource's history.

@@ -27,6 +27,35 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_team, list_teams))
         .routes(routes!(get_team, patch_team, delete_team))
         .routes(routes!(create_job_type, list_job_types))
+        .routes(routes!(list_notifications))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NotificationList {
+    pub notifications: Vec<crate::domain::notification::Notification>,
+}
+
+/// A user's assignee notifications, newest first.
+#[utoipa::path(get, path = "/v2/users/{uuid}/notifications", tag = "users",
+    params(("uuid" = Uuid, Path), ("limit" = Option<i64>, Query), ("after" = Option<Uuid>, Query)),
+    responses((status = 200, body = NotificationList), (status = "4XX", body = ErrorBody)),
+    security(("api_key" = ["users:read"])))]
+pub async fn list_notifications(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    mut q: QueryParams,
+) -> Result<Response> {
+    auth.require("users:read")?;
+    let uuid = path_uuid(&id, "user")?;
+    let page = q.page(50, 100)?;
+    q.finish()?;
+    let mut conn = state.db.read.acquire().await?;
+    if USERS.get::<User>(&mut conn, auth.account(), uuid).await?.is_none() {
+        return Err(Error::NotFound("user"));
+    }
+    let notifications = crate::storage::notifications::list(&mut conn, uuid, page.after, page.limit).await?;
+    Ok(axum::Json(NotificationList { notifications }).into_response())
 }
 
 /// Path uuids of unversioned resources; anything else cannot exist.

@@ -21,6 +21,26 @@ use serde::de::DeserializeOwned;
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
+/// What accompanies one write besides its body: the time, the request's
+/// choices (headers) and the server's push gateway.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    pub now: DateTime<Utc>,
+    /// `X-Planado-Notify-Assignees: false` turns assignee notifications off.
+    pub notify_assignees: bool,
+    pub push_url: Option<String>,
+}
+
+impl WriteContext {
+    pub fn new(state: &AppState, headers: &HeaderMap) -> Self {
+        let notify_assignees = headers
+            .get("x-planado-notify-assignees")
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
+        WriteContext { now: state.clock.now(), notify_assignees, push_url: state.push_url.clone() }
+    }
+}
+
 /// A versioned resource served under `/v2/<plural>`.
 #[async_trait]
 pub trait ApiResource: Stored {
@@ -50,6 +70,18 @@ pub trait ApiResource: Stored {
 
     /// Refuses removal while something refers to the resource (409).
     async fn check_removable(conn: &mut AnyConnection, resource: &Self) -> Result<()>;
+
+    /// Work that goes with a change, in its transaction (jobs notify their
+    /// assignees). `before` is `None` for a creation.
+    async fn after_write(
+        _conn: &mut AnyConnection,
+        _account: Uuid,
+        _before: Option<&Self>,
+        _after: &Self,
+        _write: &WriteContext,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn uuid_key<R: ApiResource>() -> String {
@@ -64,12 +96,14 @@ pub async fn create<R: ApiResource>(
 ) -> Result<Response> {
     auth.require(R::WRITE_SCOPE)?;
     let account = auth.account();
-    let now = state.clock.now();
+    let write = WriteContext::new(state, headers);
+    let now = write.now;
     let input = body.value;
     let op: WriteOp = Box::new(move |conn| {
         Box::pin(async move {
             let (resource, extra) = R::build(conn, account, input, None, now).await?;
             resources::create(conn, account, &resource, &Context::api(now), &extra).await?;
+            R::after_write(conn, account, None, &resource, &write).await?;
             Ok((StatusCode::CREATED, serde_json::json!({ uuid_key::<R>(): resource.uuid() })))
         })
     });
@@ -88,13 +122,15 @@ pub async fn get<R: ApiResource>(state: &AppState, auth: &Auth, id: &str) -> Res
 pub async fn patch<R: ApiResource>(
     state: &AppState,
     auth: &Auth,
+    headers: &HeaderMap,
     id: String,
     body: JsonBody<R::Input>,
     upsert: bool,
 ) -> Result<Response> {
     auth.require(R::WRITE_SCOPE)?;
     let account = auth.account();
-    let now = state.clock.now();
+    let write = WriteContext::new(state, headers);
+    let now = write.now;
     let mut input = body.value;
     let (status, uuid) = state
         .db
@@ -106,13 +142,16 @@ pub async fn patch<R: ApiResource>(
                     Some(current) => {
                         resources::check_version(&current, R::expected_version(&input))?;
                         let (next, extra) = R::build(conn, account, input, Some(&current), now).await?;
-                        resources::save(conn, account, &current, next, &ctx, now, &extra).await?;
+                        if let Some(saved) = resources::save(conn, account, &current, next, &ctx, now, &extra).await? {
+                            R::after_write(conn, account, Some(&current), &saved, &write).await?;
+                        }
                         Ok((StatusCode::OK, current.uuid()))
                     }
                     None if upsert => {
                         R::set_external_id(&mut input, id);
                         let (created, extra) = R::build(conn, account, input, None, now).await?;
                         resources::create(conn, account, &created, &ctx, &extra).await?;
+                        R::after_write(conn, account, None, &created, &write).await?;
                         Ok((StatusCode::CREATED, created.uuid()))
                     }
                     None => Err(Error::NotFound(R::NAME)),
@@ -287,10 +326,11 @@ macro_rules! resource_handlers {
         pub async fn $patch(
             axum::extract::State(state): axum::extract::State<$crate::api::AppState>,
             auth: $crate::api::auth::Auth,
+            headers: axum::http::HeaderMap,
             axum::extract::Path(id): axum::extract::Path<String>,
             body: $crate::api::extract::JsonBody<$Input>,
         ) -> $crate::error::Result<axum::response::Response> {
-            $crate::api::resources::patch::<$R>(&state, &auth, id, body, $upsert).await
+            $crate::api::resources::patch::<$R>(&state, &auth, &headers, id, body, $upsert).await
         }
 
         #[doc = "Remove; its history stays readable by uuid."]

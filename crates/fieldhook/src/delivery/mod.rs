@@ -144,7 +144,8 @@ impl Engine {
                 Backend::Sqlite => room + busy,
                 Backend::Postgres => room,
             };
-            let claimed = self.claim(&target, limit as i64, now, probe).await?;
+            let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook as i64 };
+            let claimed = self.claim(&target, limit as i64, bound, now, probe).await?;
             let mut f = s.in_flight.lock().expect("in-flight lock");
             let mut taken = 0;
             for due in claimed {
@@ -167,6 +168,7 @@ impl Engine {
         &self,
         target: &Target,
         limit: i64,
+        bound: i64,
         now: chrono::DateTime<chrono::Utc>,
         probe: bool,
     ) -> Result<Vec<Due>> {
@@ -177,7 +179,7 @@ impl Engine {
             // in-flight set is the claim.
             Backend::Sqlite => {
                 let mut conn = s.db.read.acquire().await?;
-                deliveries::claim(&mut conn, Backend::Sqlite, target, limit, now, probe, lease, &s.node).await
+                deliveries::claim(&mut conn, Backend::Sqlite, target, limit, bound, now, probe, lease, &s.node).await
             }
             Backend::Postgres => {
                 let mut conn = s.db.read.acquire().await?;
@@ -185,7 +187,8 @@ impl Engine {
                 // A claim lost in a crash only means a resend: no fsync needed.
                 sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
                 let claimed =
-                    deliveries::claim(&mut tx, Backend::Postgres, target, limit, now, probe, lease, &s.node).await?;
+                    deliveries::claim(&mut tx, Backend::Postgres, target, limit, bound, now, probe, lease, &s.node)
+                        .await?;
                 tx.commit().await?;
                 Ok(claimed)
             }
@@ -310,6 +313,11 @@ impl Engine {
             let stop = stop.clone();
             async move { engine.prune_loop(stop).await }
         });
+        let listener = (self.shared.db.backend == Backend::Postgres).then(|| {
+            let engine = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { engine.listen(stop).await })
+        });
         let s = &self.shared;
         while !stop.is_cancelled() {
             let committed = s.db.committer.committed.notified();
@@ -337,6 +345,9 @@ impl Engine {
         // by the delivery timeout) and is recorded.
         let _ = recorder.await;
         pruner.abort();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         if s.db.backend == Backend::Postgres {
             let node = s.node.clone();
             let released =
@@ -359,6 +370,43 @@ impl Engine {
                 _ => SAFETY_POLL,
             },
             _ => SAFETY_POLL,
+        }
+    }
+
+    /// PostgreSQL: wakes this node whenever any node commits (new events,
+    /// recorded results). A lost notification only costs latency: the loop
+    /// also polls.
+    async fn listen(&self, stop: CancellationToken) {
+        let url = self.shared.db.url.clone();
+        while !stop.is_cancelled() {
+            match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(mut listener) => {
+                    if let Err(e) = listener.listen(crate::storage::WAKE_CHANNEL).await {
+                        tracing::warn!(error = %e, "cannot LISTEN for wake-ups; polling meanwhile");
+                    } else {
+                        loop {
+                            tokio::select! {
+                                n = listener.try_recv() => match n {
+                                    Ok(Some(_)) => self.wake(),
+                                    // The connection dropped: notifications
+                                    // may have been lost, so look now.
+                                    Ok(None) => self.wake(),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "wake-up listener failed; reconnecting");
+                                        break;
+                                    }
+                                },
+                                _ = stop.cancelled() => return,
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot open the wake-up listener; polling meanwhile"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return,
+            }
         }
     }
 

@@ -58,12 +58,14 @@ event_types! {
     SiteUpdated = "site_updated", "site", "A site changed.";
     SiteRemoved = "site_removed", "site", "A site was removed.";
     WebhookTest = "webhook_test", "webhook", "A test event sent on request (POST /v2/webhooks/{uuid}/test).";
+    AssigneeNotification = "assignee_notification", "notification", "A job was assigned or rescheduled (push gateway only).";
 }
 
 impl EventType {
-    /// Whether a webhook can subscribe to it (every type but the test event).
+    /// Whether a webhook can subscribe to it (not the test event, not the
+    /// notifications meant for the push gateway).
     pub fn subscribable(self) -> bool {
-        self != EventType::WebhookTest
+        !matches!(self, EventType::WebhookTest | EventType::AssigneeNotification)
     }
 
     /// The CRUD event of a change to a resource of `kind`.

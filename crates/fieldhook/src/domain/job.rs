@@ -442,7 +442,102 @@ impl JobInput {
     }
 }
 
+/// The optional body of `POST /v2/jobs/{id}/{action}`: when and where it
+/// happened on the technician's device, and for `finish` the outcome.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionInput {
+    /// When it happened on the device (a phone that syncs late says so).
+    #[serde(default, deserialize_with = "ts::option::deserialize")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub happened_at: Option<DateTime<Utc>>,
+    /// The technician's device; makes the event's `source` `mobile`.
+    #[serde(default)]
+    pub device_uuid: Option<Uuid>,
+    /// The user on whose behalf the action was done.
+    #[serde(default)]
+    pub user_uuid: Option<Uuid>,
+    /// `finish` only, and required there.
+    #[serde(default)]
+    pub resolution: Option<Resolution>,
+    /// `finish` only: the technician's report.
+    #[serde(default)]
+    pub report_fields: Option<Vec<ReportField>>,
+}
+
+/// The body of `PUT /v2/jobs/{id}/report`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportInput {
+    pub report_fields: Vec<ReportField>,
+}
+
+/// At most this many report fields per job.
+pub const MAX_REPORT_FIELDS: usize = 200;
+
+fn validate_report(fields: &[ReportField], v: &mut Violations) {
+    if fields.len() > MAX_REPORT_FIELDS {
+        v.add("report_fields", format!("must have at most {MAX_REPORT_FIELDS} entries"));
+    }
+    for (i, f) in fields.iter().enumerate() {
+        if f.name.trim().is_empty() {
+            v.add(format!("report_fields[{i}].name"), "is required");
+        }
+        max_len(v, &format!("report_fields[{i}].name"), Some(&f.name), 200);
+        max_len(v, &format!("report_fields[{i}].value"), f.value.as_deref(), 10_000);
+    }
+}
+
 impl Job {
+    /// Performs a lifecycle action at `at`: checks the transition, the
+    /// finish details, sets status and timestamp. Returns the events that
+    /// accompany `job_updated`.
+    pub fn perform(&mut self, action: Action, input: &ActionInput, at: DateTime<Utc>) -> Result<Vec<EventType>> {
+        let mut v = Violations::new();
+        if action == Action::Finish {
+            match &input.resolution {
+                None => v.add("resolution", "is required to finish a job"),
+                Some(r) => max_len(&mut v, "resolution.comment", r.comment.as_deref(), 10_000),
+            }
+            if let Some(fields) = &input.report_fields {
+                validate_report(fields, &mut v);
+            }
+        } else {
+            if input.resolution.is_some() {
+                v.add("resolution", "is only accepted by finish");
+            }
+            if input.report_fields.is_some() {
+                v.add("report_fields", "is only accepted by finish");
+            }
+        }
+        v.into_result()?;
+        let transition = self.act(action, at)?;
+        let mut events = vec![transition.event];
+        if action == Action::Finish {
+            self.resolution = input.resolution.clone();
+            if let Some(fields) = &input.report_fields {
+                self.report_fields = fields.clone();
+                events.push(EventType::JobReportReady);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Replaces the report of a finished job.
+    pub fn set_report(&mut self, fields: Vec<ReportField>) -> Result<Vec<EventType>> {
+        if self.status != Status::Finished {
+            return Err(Error::InvalidTransition(format!(
+                "a report can only be set on a finished job; this one is {}",
+                self.status.as_str()
+            )));
+        }
+        let mut v = Violations::new();
+        validate_report(&fields, &mut v);
+        v.into_result()?;
+        self.report_fields = fields;
+        Ok(vec![EventType::JobReportReady])
+    }
+
     /// Applies a lifecycle action, or says why it is not allowed.
     pub fn act(&mut self, action: Action, at: DateTime<Utc>) -> Result<&'static Transition> {
         let t = action.transition();
@@ -517,6 +612,26 @@ mod tests {
         let input = JobInput { scheduled_duration: Some(Some(ScheduledDuration { minutes: 0 })), ..Default::default() };
         let err = input.create(Uuid::nil(), 1, now, ResolvedRefs::default()).unwrap_err();
         assert_eq!(err.to_string(), "scheduled_duration.minutes must be between 1 and 100000");
+    }
+
+    #[test]
+    fn finish_needs_a_resolution_and_other_actions_refuse_one() {
+        let now = Utc::now();
+        let mut j = JobInput::default().create(Uuid::nil(), 1, now, ResolvedRefs::default()).unwrap();
+        j.status = Status::Started;
+        let err = j.perform(Action::Finish, &ActionInput::default(), now).unwrap_err();
+        assert!(err.to_string().contains("resolution"));
+        assert_eq!(j.status, Status::Started, "a refused action changes nothing");
+        let with = ActionInput {
+            resolution: Some(Resolution { successful: true, comment: None }),
+            report_fields: Some(vec![ReportField { name: "meter".into(), value: Some("42".into()) }]),
+            ..Default::default()
+        };
+        let events = j.perform(Action::Finish, &with, now).unwrap();
+        assert_eq!(events, vec![EventType::JobFinished, EventType::JobReportReady]);
+        assert_eq!(j.timestamps.finished_at, Some(now));
+        let mut k = JobInput::default().create(Uuid::nil(), 2, now, ResolvedRefs::default()).unwrap();
+        assert!(k.perform(Action::Cancel, &with, now).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod common;
 pub mod event;
 pub mod job;
+pub mod notification;
 pub mod people;
 pub mod scope;
 pub mod site;

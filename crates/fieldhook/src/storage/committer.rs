@@ -37,11 +37,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer on a dedicated connection of `pool`.
-    pub fn start(pool: AnyPool) -> Self {
+    /// Starts the committer on a dedicated connection of `pool`. With
+    /// `notify` (PostgreSQL), every commit also sends `NOTIFY <channel>`, so
+    /// that the workers of other nodes wake at once.
+    pub fn start(pool: AnyPool, notify: Option<&'static str>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
-        tokio::spawn(run(pool, rx, committed.clone()));
+        tokio::spawn(run(pool, rx, committed.clone(), notify));
         Self { tx, committed }
     }
 
@@ -78,7 +80,7 @@ impl Committer {
     }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
+async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>, notify: Option<&'static str>) {
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -103,7 +105,7 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>)
                 }
             },
         };
-        match run_batch(c, &mut batch).await {
+        match run_batch(c, &mut batch, notify).await {
             Ok(()) => committed.notify_waiters(),
             Err(e) => {
                 // The connection may be broken: start the next batch on a new one.
@@ -116,7 +118,11 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>)
     }
 }
 
-async fn run_batch(conn: &mut AnyConnection, batch: &mut Vec<Job>) -> std::result::Result<(), Arc<sqlx::Error>> {
+async fn run_batch(
+    conn: &mut AnyConnection,
+    batch: &mut Vec<Job>,
+    notify: Option<&'static str>,
+) -> std::result::Result<(), Arc<sqlx::Error>> {
     let single = batch.len() == 1;
     let mut answers = Vec::with_capacity(batch.len());
     let mut tx = match conn.begin().await {
@@ -159,6 +165,12 @@ async fn run_batch(conn: &mut AnyConnection, batch: &mut Vec<Job>) -> std::resul
             return rolled;
         }
         answers.push(ran.answer);
+    }
+    if failure.is_none()
+        && let Some(channel) = notify
+        && let Err(e) = tx.execute(format!("NOTIFY {channel}").as_str()).await
+    {
+        failure = Some(e);
     }
     let result = match failure {
         Some(e) => {

@@ -72,12 +72,17 @@ pub struct Due {
 /// ordering, a request waits while an earlier event of the same resource is
 /// still pending for this webhook. A `probe` takes the oldest pending
 /// request whether it is due or not.
+///
+/// On PostgreSQL the webhook row is locked for the claim and the live
+/// leases of every node count against `max_in_flight`, so the bound holds
+/// across nodes; run it in a transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut AnyConnection,
     backend: Backend,
     target: &Target,
-    limit: i64,
+    mut limit: i64,
+    max_in_flight: i64,
     now: DateTime<Utc>,
     probe: bool,
     lease: Duration,
@@ -85,6 +90,23 @@ pub async fn claim(
 ) -> Result<Vec<Due>> {
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT uuid FROM webhooks WHERE uuid = $1 FOR UPDATE")
+            .bind(target.uuid.to_string())
+            .execute(&mut *conn)
+            .await?;
+        let leased: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' AND claimed_until >= $2",
+        )
+        .bind(target.uuid.to_string())
+        .bind(now_us)
+        .fetch_one(&mut *conn)
+        .await?;
+        limit = limit.min(max_in_flight - leased);
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+    }
     let ordered = if target.ordering == Ordering::Entity {
         " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.webhook_uuid = r.webhook_uuid \
            AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' \

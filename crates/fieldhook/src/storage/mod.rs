@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod committer;
 pub mod deliveries;
 pub mod events;
+pub mod notifications;
 pub mod people;
 pub mod resources;
 pub mod webhooks;
@@ -23,6 +24,10 @@ use std::time::Duration;
 /// schema on SQLite and on PostgreSQL.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The PostgreSQL channel on which every commit wakes the workers of all
+/// nodes (operations.md, "Scale-out").
+pub const WAKE_CHANNEL: &str = "fieldhook_wake";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -34,6 +39,8 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pub backend: Backend,
+    /// The URL it was opened with (workers open a listener connection).
+    pub url: String,
     pub read: AnyPool,
     pub committer: Committer,
     _lock: Option<std::sync::Arc<File>>,
@@ -77,7 +84,14 @@ impl Db {
             sqlx::raw_sql("PRAGMA journal_mode = WAL").execute(&write).await?;
         }
         let read = pool(backend, &url, readers).await?;
-        Ok(Db { backend, read, committer: Committer::start(write), _lock: lock.map(std::sync::Arc::new) })
+        let notify = (backend == Backend::Postgres).then_some(WAKE_CHANNEL);
+        Ok(Db {
+            backend,
+            url: url.clone(),
+            read,
+            committer: Committer::start(write, notify),
+            _lock: lock.map(std::sync::Arc::new),
+        })
     }
 
     /// Applies pending migrations; refuses a database of a newer schema.

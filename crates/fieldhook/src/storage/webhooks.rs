@@ -80,7 +80,7 @@ pub async fn update(conn: &mut AnyConnection, account: Uuid, w: &Webhook) -> Res
 
 pub async fn get(conn: &mut AnyConnection, account: Uuid, uuid: Uuid) -> Result<Option<Webhook>> {
     let row = sqlx::query(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE uuid = $1 AND account_uuid = $2 AND removed = 0"
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE uuid = $1 AND account_uuid = $2 AND removed = 0 AND kind = 'user'"
     ))
     .bind(uuid.to_string())
     .bind(account.to_string())
@@ -91,7 +91,7 @@ pub async fn get(conn: &mut AnyConnection, account: Uuid, uuid: Uuid) -> Result<
 
 pub async fn list(conn: &mut AnyConnection, account: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<Webhook>> {
     let rows = sqlx::query(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE account_uuid = $1 AND removed = 0 AND uuid < $2 \
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE account_uuid = $1 AND removed = 0 AND kind = 'user' AND uuid < $2 \
          ORDER BY uuid DESC LIMIT $3"
     ))
     .bind(account.to_string())
@@ -105,7 +105,7 @@ pub async fn list(conn: &mut AnyConnection, account: Uuid, after: Option<Uuid>, 
 /// Removes a webhook; its scheduled requests are dropped.
 pub async fn remove(conn: &mut AnyConnection, account: Uuid, uuid: Uuid, now: DateTime<Utc>) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE webhooks SET removed = 1, updated_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND removed = 0",
+        "UPDATE webhooks SET removed = 1, updated_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND removed = 0 AND kind = 'user'",
     )
     .bind(to_micros(now))
     .bind(uuid.to_string())
@@ -181,7 +181,7 @@ pub async fn fan_out(conn: &mut AnyConnection, account: Uuid, event: &Event) -> 
     Ok(subscribers.len())
 }
 
-async fn insert_request(
+pub(crate) async fn insert_request(
     conn: &mut AnyConnection,
     account: Uuid,
     webhook: &str,

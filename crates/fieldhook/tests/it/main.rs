@@ -11,6 +11,8 @@ mod delivery;
 mod errors;
 mod fuzz;
 mod jobs;
+mod lifecycle;
 mod outbox;
 mod resources;
+mod scale_out;
 mod users_and_teams;

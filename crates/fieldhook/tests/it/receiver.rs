@@ -16,6 +16,8 @@ pub struct Received {
     pub headers: HeaderMap,
     pub raw: String,
     pub body: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -108,7 +110,12 @@ impl Receiver {
 
 async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let raw = String::from_utf8_lossy(&body).into_owned();
-    let received = Received { headers, body: serde_json::from_str(&raw).unwrap_or(Value::Null), raw };
+    let received = Received {
+        headers,
+        body: serde_json::from_str(&raw).unwrap_or(Value::Null),
+        raw,
+        at: std::time::Instant::now(),
+    };
     let answer = (inner.policy.lock().unwrap())(&received);
     inner.received.lock().unwrap().push(received);
     inner.arrived.notify_waiters();

@@ -1,0 +1,191 @@
+//! Scale-out on PostgreSQL with real binaries (operations.md, "Scale-out"):
+//! several worker nodes share the pending requests; a node's death loses
+//! nothing; a lost wake-up only delays.
+
+use crate::cli::{Served, run_json, serve_with};
+use crate::helpers::{Backend, fresh_database};
+use crate::receiver::{Answer, Received, Receiver};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const NODE_ENV: &[(&str, &str)] = &[("FIELDHOOK_ALLOW_PRIVATE_TARGETS", "true"), ("FIELDHOOK_DELIVERY_TIMEOUT", "1s")];
+
+async fn node(db: &str, role: &str) -> Served {
+    let mut env = NODE_ENV.to_vec();
+    env.push(("FIELDHOOK_ROLE", role));
+    serve_with(db, &env).await
+}
+
+async fn post(http: &reqwest::Client, url: String, key: &str, body: Value) -> Value {
+    let r = http.post(url).bearer_auth(key).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap_or(Value::Null)
+}
+
+/// Waits until every (event) of `expected` arrived at `rx`.
+async fn all_arrive(rx: &Receiver, expected: &[String], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got: std::collections::HashSet<String> = rx.received().iter().map(Received::event_uuid).collect();
+        let missing = expected.iter().filter(|e| !got.contains(*e)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {missing} events never delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_the_work_and_a_killed_one_loses_nothing() {
+    let Some((db, _)) = fresh_database(Backend::Postgres).await else { return };
+    let account = run_json(&["account", "create", "--name", "Acme", "--database-url", &db]);
+    let key = account["api_key"].as_str().unwrap().to_string();
+    let api = node(&db, "api").await;
+    let mut workers = vec![node(&db, "worker").await, node(&db, "worker").await, node(&db, "worker").await];
+    let http = reqwest::Client::new();
+
+    let created = Receiver::start().await;
+    let ordered = Receiver::start().await;
+    let clients = Receiver::start().await;
+    for rx in [&created, &ordered, &clients] {
+        rx.answer_with(|_| Answer::Slow(Duration::from_millis(2), 200));
+    }
+    let hooks = format!("{}/v2/webhooks", api.base);
+    post(&http, hooks.clone(), &key, json!({"url": created.url, "event_types": ["job_created"]})).await;
+    post(
+        &http,
+        hooks.clone(),
+        &key,
+        json!({"url": ordered.url, "event_types": ["job_created", "job_updated"], "ordering": "entity"}),
+    )
+    .await;
+    post(&http, hooks, &key, json!({"url": clients.url, "event_types": ["client_created"]})).await;
+
+    // 5,000 events: 1,000 jobs created and updated twice, 2,000 clients.
+    let mut tasks = Vec::new();
+    for chunk in 0..20 {
+        let (http, base, key) = (http.clone(), api.base.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let job = post(&http, format!("{base}/v2/jobs"), &key, json!({"description": "v1"})).await;
+                let job = job["job_uuid"].as_str().unwrap().to_string();
+                for v in 2..=3 {
+                    let r = http
+                        .patch(format!("{base}/v2/jobs/{job}"))
+                        .bearer_auth(&key)
+                        .json(&json!({"description": format!("v{v}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success());
+                }
+                for c in 0..2 {
+                    post(&http, format!("{base}/v2/clients"), &key, json!({"first_name": format!("c{chunk}-{i}-{c}")}))
+                        .await;
+                }
+            }
+        }));
+    }
+    // SIGKILL one worker while deliveries are flowing.
+    ordered.wait_for(600).await;
+    let killed_at = Instant::now();
+    workers[0].child.kill().unwrap();
+    let _ = workers[0].child.wait();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Every event reaches every subscribed webhook.
+    let events: Vec<(String, String)> = {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db).await.unwrap();
+        sqlx::query_as("SELECT uuid, event_type FROM events").fetch_all(&mut conn).await.unwrap()
+    };
+    assert_eq!(events.len(), 5000);
+    let of = |types: &[&str]| {
+        events.iter().filter(|(_, t)| types.contains(&t.as_str())).map(|(u, _)| u.clone()).collect::<Vec<_>>()
+    };
+    all_arrive(&created, &of(&["job_created"]), "job_created webhook").await;
+    all_arrive(&ordered, &of(&["job_created", "job_updated"]), "entity-ordered webhook").await;
+    all_arrive(&clients, &of(&["client_created"]), "client webhook").await;
+
+    for (name, rx) in [("created", &created), ("ordered", &ordered), ("clients", &clients)] {
+        let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
+        for r in rx.received() {
+            arrivals.entry(r.event_uuid()).or_default().push(r.at);
+        }
+        let duplicated: Vec<&Vec<Instant>> = arrivals.values().filter(|a| a.len() > 1).collect();
+        // Only what the killed node had in flight (its per-webhook bound) is
+        // sent twice, and never by two live nodes: one copy left before the
+        // kill, the other after it.
+        assert!(duplicated.len() <= 16, "{name}: {} events sent twice", duplicated.len());
+        for copies in duplicated {
+            assert_eq!(copies.len(), 2, "{name}: an event was sent {} times", copies.len());
+            let before = copies.iter().filter(|t| **t < killed_at).count();
+            assert_eq!(before, 1, "{name}: a duplicate not explained by the killed node");
+        }
+    }
+    // Per-entity order for the ordered webhook: versions never go back.
+    let mut per_job: HashMap<String, Vec<i64>> = HashMap::new();
+    for r in ordered.received() {
+        per_job
+            .entry(r.body["job"]["uuid"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r.body["job"]["version"].as_i64().unwrap());
+    }
+    assert_eq!(per_job.len(), 1000);
+    for (job, versions) in per_job {
+        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "job {job} out of order: {versions:?}");
+    }
+    drop(workers);
+    drop(api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_wake_up_only_delays() {
+    let Some((db, _)) = fresh_database(Backend::Postgres).await else { return };
+    let account = run_json(&["account", "create", "--name", "Acme", "--database-url", &db]);
+    let key = account["api_key"].as_str().unwrap().to_string();
+    let api = node(&db, "api").await;
+    let _worker = node(&db, "worker").await;
+    let rx = Receiver::start().await;
+    let http = reqwest::Client::new();
+    post(&http, format!("{}/v2/webhooks", api.base), &key, json!({"url": rx.url, "event_types": ["client_created"]}))
+        .await;
+
+    // Keep killing the worker's LISTEN connection: every notification sent
+    // meanwhile is lost. (Channels are per database, so this also cuts the
+    // listeners of other tests: they only poll a little more.)
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cutter = tokio::spawn({
+        let db = db.clone();
+        let stop = stop.clone();
+        async move {
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db).await.unwrap();
+            while !stop.is_cancelled() {
+                let _ =
+                    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+                        .execute(&mut conn)
+                        .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let mut created = Vec::new();
+    for i in 0..100 {
+        let c = post(&http, format!("{}/v2/clients", api.base), &key, json!({"first_name": format!("c{i}")})).await;
+        created.push(c["client_uuid"].as_str().unwrap().to_string());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = rx
+        .wait_until("every client", |r| {
+            let seen: std::collections::HashSet<&str> =
+                r.iter().filter_map(|x| x.body["client"]["uuid"].as_str()).collect();
+            created.iter().all(|c| seen.contains(c.as_str()))
+        })
+        .await;
+    stop.cancel();
+    cutter.await.unwrap();
+    assert!(got.len() >= 100);
+}
