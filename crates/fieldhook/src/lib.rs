@@ -13,5 +13,6 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod server;
 pub mod storage;

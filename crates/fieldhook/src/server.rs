@@ -31,6 +31,7 @@ impl Server {
     /// # Errors
     /// Any start-up failure, with a message that says what to fix.
     pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<Server> {
+        crate::metrics::handle();
         let db = Db::open(&config.database_url, OpenOptions { exclusive: true }).await?;
         db.migrate().await?;
         bootstrap(&db, &clock).await?;

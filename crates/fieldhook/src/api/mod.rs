@@ -5,9 +5,11 @@
 pub mod api_keys;
 pub mod auth;
 pub mod clients;
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod jobs;
+pub mod metrics;
 pub mod people;
 pub mod resources;
 pub mod service;
@@ -23,6 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -46,9 +49,11 @@ pub struct HistoryPage {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "fieldhook API", description = "Jobs, clients and sites in, webhooks out. Wire-compatible with the Planado API v2."),
+    info(title = "fieldhook API", description = "Jobs, clients and sites in, webhooks out. Wire-compatible with the Planado API v2. \
+        Errors are JSON bodies with `code`, `message` and, for `validation_failed`, `errors` per field."),
     modifiers(&BearerAuth),
-    components(schemas(error::ErrorBody))
+    // Path and query parameter types are not collected from the handlers.
+    components(schemas(error::ErrorBody, crate::domain::job::Action, crate::domain::job::Status))
 )]
 pub struct ApiDoc;
 
@@ -83,13 +88,14 @@ pub fn v2_routes() -> OpenApiRouter<AppState> {
 /// still answer the service endpoints.
 pub fn router(state: AppState, serve_v2: bool) -> Router {
     let (v2, doc) = v2_routes().split_for_parts();
-    let doc = Arc::new(doc);
-    let mut app = service::router(doc);
+    let doc = docs::with_webhooks(doc);
+    let mut app = service::router();
     if serve_v2 {
-        app = app.merge(v2);
+        app = app.merge(v2).merge(SwaggerUi::new("/docs").url("/v2/openapi.json", doc));
     }
     app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(CatchPanicLayer::custom(error::panic_to_500))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -1,5 +1,5 @@
-//! Service endpoints without authentication: `/healthz`, `/readyz` and the
-//! OpenAPI document.
+//! Service endpoints without authentication: `/healthz`, `/readyz` and
+//! `/metrics` (the OpenAPI document and `/docs` come with `/v2`).
 
 use super::AppState;
 use axum::extract::State;
@@ -7,13 +7,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use std::sync::Arc;
 
-pub fn router(doc: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
+pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v2/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .route("/metrics", get(super::metrics::render))
 }
 
 /// The process is up.

@@ -146,6 +146,9 @@ impl Engine {
             };
             let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook as i64 };
             let claimed = self.claim(&target, limit as i64, bound, now, probe).await?;
+            if !claimed.is_empty() {
+                metrics::histogram!(crate::metrics::CLAIM_BATCH).record(claimed.len() as f64);
+            }
             let mut f = s.in_flight.lock().expect("in-flight lock");
             let mut taken = 0;
             for due in claimed {
@@ -201,6 +204,13 @@ impl Engine {
         let now = s.clock.now();
         let headers = self.headers(&due, &target, now);
         let answer = s.sender.post(&target.url, headers, due.body.clone()).await;
+        let outcome = crate::metrics::outcome(answer.code, answer.error_type);
+        if outcome == "success" && due.attempt_no == 1 {
+            let latency = (s.clock.now() - due.event_created_at).to_std().unwrap_or_default();
+            metrics::histogram!(crate::metrics::DELIVERY_LATENCY).record(latency.as_secs_f64());
+        }
+        metrics::counter!(crate::metrics::DELIVERIES, "outcome" => outcome).increment(1);
+        metrics::histogram!(crate::metrics::ATTEMPT_DURATION).record(answer.elapsed.as_secs_f64());
         let attempt = Attempt {
             due,
             probe,
@@ -275,9 +285,13 @@ impl Engine {
                         })
                     })
                     .await;
-            if let Err(e) = written {
+            match written {
+                Ok(r) => {
+                    metrics::counter!(crate::metrics::RETRIES).increment(r.retries as u64);
+                    metrics::counter!(crate::metrics::EXHAUSTED).increment(r.exhausted as u64);
+                }
                 // The rows still say `scheduled`: they will be sent again.
-                tracing::error!(error = %e, "could not record delivery results");
+                Err(e) => tracing::error!(error = %e, "could not record delivery results"),
             }
             {
                 let mut f = s.in_flight.lock().expect("in-flight lock");
@@ -292,6 +306,7 @@ impl Engine {
                     }
                 }
             }
+            metrics::gauge!(crate::metrics::IN_FLIGHT).set(self.in_flight_count() as f64);
             s.freed.notify_one();
         }
     }
@@ -312,6 +327,11 @@ impl Engine {
             let engine = self.clone();
             let stop = stop.clone();
             async move { engine.prune_loop(stop).await }
+        });
+        let stats = tokio::spawn({
+            let engine = self.clone();
+            let stop = stop.clone();
+            async move { engine.stats_loop(stop).await }
         });
         let listener = (self.shared.db.backend == Backend::Postgres).then(|| {
             let engine = self.clone();
@@ -345,6 +365,7 @@ impl Engine {
         // by the delivery timeout) and is recorded.
         let _ = recorder.await;
         pruner.abort();
+        stats.abort();
         if let Some(listener) = listener {
             listener.abort();
         }
@@ -405,6 +426,34 @@ impl Engine {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Refreshes the gauges of pending requests and webhooks.
+    pub async fn refresh_gauges(&self) -> Result<()> {
+        let s = &self.shared;
+        let mut conn = s.db.read.acquire().await?;
+        let (pending, webhooks) = deliveries::stats(&mut conn, s.clock.now()).await?;
+        for state in ["due", "retrying", "held"] {
+            let n = pending.iter().find(|(k, _)| k == state).map_or(0, |(_, n)| *n);
+            metrics::gauge!(crate::metrics::PENDING, "state" => state).set(n as f64);
+        }
+        for status in ["active", "paused", "suspended"] {
+            let n = webhooks.iter().find(|(k, _)| k == status).map_or(0, |(_, n)| *n);
+            metrics::gauge!(crate::metrics::WEBHOOKS, "status" => status).set(n as f64);
+        }
+        Ok(())
+    }
+
+    async fn stats_loop(&self, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.refresh_gauges().await {
+                tracing::debug!(error = %e, "could not refresh the gauges");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                 _ = stop.cancelled() => return,
             }
         }

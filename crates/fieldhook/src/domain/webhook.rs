@@ -155,10 +155,12 @@ impl WebhookInput {
                 v.add("event_types", format!("{t:?} is not an event type"));
             }
         }
+        // It travels as an HTTP header value: visible ASCII only, or the
+        // header could not be sent at all.
         if let Some(s) = &w.secret
-            && (s.chars().count() > 200 || s.chars().any(|c| c.is_control()))
+            && (s.len() > 200 || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
         {
-            v.add("secret", "must be at most 200 printable characters");
+            v.add("secret", "must be at most 200 printable ASCII characters");
         }
         v.into_result()?;
         w.updated_at = now;

@@ -64,6 +64,8 @@ pub struct Due {
     pub retry_no: i64,
     /// The exact body to send.
     pub body: String,
+    /// When the event was committed (for the delivery latency metric).
+    pub event_created_at: DateTime<Utc>,
 }
 
 /// Claims up to `limit` due requests of one webhook, oldest first, for
@@ -120,7 +122,7 @@ pub async fn claim(
         Backend::Sqlite => "",
     };
     let rows = sqlx::query(&format!(
-        "SELECT r.uuid, r.event_uuid, r.attempt_no, r.retry_no, e.body FROM requests r \
+        "SELECT r.uuid, r.event_uuid, r.attempt_no, r.retry_no, e.body, e.created_at FROM requests r \
          JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
          AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered} \
@@ -142,6 +144,7 @@ pub async fn claim(
                 attempt_no: r.try_get("attempt_no")?,
                 retry_no: r.try_get("retry_no")?,
                 body: r.try_get("body")?,
+                event_created_at: from_micros(r.try_get("created_at")?),
             })
         })
         .collect::<Result<_>>()?;
@@ -168,6 +171,16 @@ pub async fn next_due_at(conn: &mut AnyConnection) -> Result<Option<DateTime<Utc
     .fetch_one(conn)
     .await?;
     Ok(next.map(from_micros))
+}
+
+/// What a batch of attempts led to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub attempts: usize,
+    /// Retries scheduled.
+    pub retries: usize,
+    /// Events whose retries ran out.
+    pub exhausted: usize,
 }
 
 /// What one attempt came to.
@@ -197,16 +210,16 @@ impl Attempt {
 /// Writes a batch of attempts: each request row gets its outcome, a failure
 /// gets its retry (or is marked exhausted), and each webhook's failure
 /// streak, suspension and probe time move on. `unit` draws jitter in [0, 1).
-/// Returns how many attempts were recorded (a request already finished
-/// elsewhere, e.g. after a lost lease, is skipped).
+/// A request already finished elsewhere (e.g. after a lost lease) is
+/// skipped.
 pub async fn record(
     conn: &mut AnyConnection,
     attempts: &[Attempt],
     policy: &RetryPolicy,
     now: DateTime<Utc>,
     unit: &mut (dyn FnMut() -> f64 + Send),
-) -> Result<usize> {
-    let mut recorded = 0;
+) -> Result<Recorded> {
+    let mut recorded = Recorded::default();
     for a in attempts {
         let success = a.succeeded();
         let row = sqlx::query(
@@ -217,7 +230,7 @@ pub async fn record(
         .fetch_optional(&mut *conn)
         .await?;
         let Some(row) = row else { continue };
-        recorded += 1;
+        recorded.attempts += 1;
 
         // The retry that follows a failure. Probes of a suspended webhook
         // cost no retry budget; their request simply waits again.
@@ -233,8 +246,14 @@ pub async fn record(
         };
         let outcome = match (success, &retry) {
             (true, _) => "success",
-            (false, Some(_)) => "failed",
-            (false, None) => "exhausted",
+            (false, Some(_)) => {
+                recorded.retries += 1;
+                "failed"
+            }
+            (false, None) => {
+                recorded.exhausted += 1;
+                "exhausted"
+            }
         };
         sqlx::query(
             "UPDATE requests SET status = 'sent', outcome = $1, sent_at = $2, request_time_ms = $3, \
@@ -379,4 +398,21 @@ pub async fn prune(conn: &mut AnyConnection, before: DateTime<Utc>, limit: i64) 
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Pending requests by state, and webhooks by status, for the gauges.
+pub async fn stats(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+    let pending: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT CASE WHEN w.status <> 'active' THEN 'held' WHEN r.send_at <= $1 THEN 'due' ELSE 'retrying' END AS state, \
+         COUNT(*) FROM requests r JOIN webhooks w ON w.uuid = r.webhook_uuid WHERE r.status = 'scheduled' \
+         GROUP BY CASE WHEN w.status <> 'active' THEN 'held' WHEN r.send_at <= $1 THEN 'due' ELSE 'retrying' END",
+    )
+    .bind(to_micros(now))
+    .fetch_all(&mut *conn)
+    .await?;
+    let webhooks: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM webhooks WHERE removed = 0 AND kind = 'user' GROUP BY status")
+            .fetch_all(conn)
+            .await?;
+    Ok((pending, webhooks))
 }

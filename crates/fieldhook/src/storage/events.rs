@@ -34,6 +34,7 @@ pub async fn record_only(conn: &mut AnyConnection, account: Uuid, event: &Event)
     .bind(to_micros(event.created_at))
     .execute(conn)
     .await?;
+    metrics::counter!(crate::metrics::EVENTS, "event_type" => event.event_type.name()).increment(1);
     Ok(())
 }
 

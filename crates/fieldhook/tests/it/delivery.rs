@@ -422,6 +422,7 @@ async fn webhook_urls_and_event_types_are_validated(app: TestApp) {
         (json!({"url": "https://x.io/h", "event_types": ["job_exploded"]}), "event_types"),
         (json!({"url": "https://x.io/h", "event_types": ["job_created"], "ordering": "random"}), "ordering"),
         (json!({"url": "https://x.io/h", "event_types": ["job_created"], "secret": "x".repeat(201)}), "secret"),
+        (json!({"url": "https://x.io/h", "event_types": ["job_created"], "secret": "pässwörd"}), "secret"),
         (json!({"url": format!("https://x.io/{}", "a".repeat(2000)), "event_types": ["job_created"]}), "url"),
     ] {
         let r = app.post("/v2/webhooks", body.clone()).await;

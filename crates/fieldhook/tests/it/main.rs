@@ -6,6 +6,7 @@ mod receiver;
 
 mod accounts_and_keys;
 mod cli;
+mod contract;
 mod crash;
 mod delivery;
 mod errors;

@@ -1,0 +1,230 @@
+//! The OpenAPI 3.1 document: the `/v2` paths come from the handlers'
+//! annotations (so it cannot drift from the router); this module adds the
+//! outbound side — the webhook payloads as OpenAPI 3.1 `webhooks`, with an
+//! example per event type — and serves it with a bundled Swagger UI.
+
+use crate::domain::client::Client;
+use crate::domain::common::{Address, Contact, ContactType, Geolocation, RefOutput};
+use crate::domain::event::{Context, Event, EventType, Source};
+use crate::domain::job::{
+    Assignee, Job, JobTypeRef, ReportField, Resolution, ScheduledDuration, Status, Timestamps, WorkerRef,
+};
+use crate::domain::site::Site;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::openapi::OpenApi;
+use utoipa::{PartialSchema, ToSchema};
+use uuid::Uuid;
+
+/// The body of every webhook request (webhooks.md, "The body"): exactly one
+/// of the resource keys is present.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookPayload {
+    /// Unique per event; the same on every attempt and for every webhook.
+    pub event_uuid: Uuid,
+    pub event_type: String,
+    pub context: Context,
+    /// For `job_*` events: the job at the event's version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+    /// For `client_*` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Client>,
+    /// For `site_*` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+    /// For `webhook_test`: the webhook itself, version 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub webhook: Option<Value>,
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).expect("valid example time").with_timezone(&Utc)
+}
+
+fn example_client() -> Client {
+    Client {
+        uuid: Uuid::from_u128(0x0193_4b4e_21c0_7a4e_9d2f_4a11_c0ff_ee01),
+        external_id: Some("crm-42".into()),
+        organization: true,
+        organization_name: Some("Acme Bakery".into()),
+        first_name: None,
+        middle_name: None,
+        last_name: None,
+        name: "Acme Bakery".into(),
+        site_address: None,
+        contacts: vec![Contact {
+            name: Some("Owner".into()),
+            value: Some("owner@acme.example".into()),
+            kind: ContactType::Email,
+        }],
+        version: 3,
+        created_at: at("2026-11-20T08:00:00+00:00"),
+        updated_at: at("2026-11-22T10:02:41+00:00"),
+    }
+}
+
+fn example_site() -> Site {
+    let client = example_client();
+    Site {
+        uuid: Uuid::from_u128(0x0193_4b4e_21c0_7a4e_9d2f_4a11_c0ff_ee02),
+        external_id: Some("site-7".into()),
+        name: "Bakery, back entrance".into(),
+        description: None,
+        address: Some(Address {
+            formatted: Some("12 Mill Lane".into()),
+            geolocation: Some(Geolocation { latitude: 51.5, longitude: -0.12 }),
+            ..Address::default()
+        }),
+        contacts: Vec::new(),
+        client: Some(RefOutput { uuid: client.uuid, external_id: client.external_id }),
+        version: 1,
+        created_at: at("2026-11-20T08:05:00+00:00"),
+        updated_at: at("2026-11-20T08:05:00+00:00"),
+    }
+}
+
+fn example_job(event: EventType) -> Job {
+    let site = example_site();
+    let (status, version) = match event {
+        EventType::JobCreated | EventType::JobAssigned => (Status::Scheduled, 1),
+        EventType::JobPublished => (Status::Published, 2),
+        EventType::JobEnRoute => (Status::EnRoute, 3),
+        EventType::JobStarted | EventType::JobResumed => (Status::Started, 4),
+        EventType::JobSuspended => (Status::Suspended, 5),
+        EventType::JobFinished | EventType::JobReportReady => (Status::Finished, 6),
+        EventType::JobCanceled => (Status::Canceled, 6),
+        _ => (Status::Started, 7),
+    };
+    let mut timestamps = Timestamps::default();
+    if version >= 3 {
+        timestamps.en_route_at = Some(at("2026-11-22T09:30:00+00:00"));
+    }
+    if version >= 4 && status != Status::Canceled {
+        timestamps.started_at = Some(at("2026-11-22T09:58:03+00:00"));
+    }
+    if status == Status::Suspended {
+        timestamps.suspended_at = Some(at("2026-11-22T10:01:00+00:00"));
+    }
+    let finished = status == Status::Finished;
+    if finished {
+        timestamps.finished_at = Some(at("2026-11-22T10:02:30+00:00"));
+    }
+    if status == Status::Canceled {
+        timestamps.canceled_at = Some(at("2026-11-22T10:02:30+00:00"));
+    }
+    Job {
+        uuid: Uuid::from_u128(0x0193_4b4e_21c0_7a4e_9d2f_4a11_c0ff_ee03),
+        serial_no: 1042,
+        external_id: Some("deal-9001".into()),
+        external_order_id: Some("order-77".into()),
+        status,
+        job_type: Some(JobTypeRef {
+            uuid: Uuid::from_u128(0x0193_4b4e_21c0_7a4e_9d2f_4a11_c0ff_ee04),
+            code: "repair".into(),
+        }),
+        description: Some("Oven does not heat".into()),
+        scheduled_at: Some(at("2026-11-22T09:00:00+00:00")),
+        scheduled_duration: Some(ScheduledDuration { minutes: 90 }),
+        assignee: Some(Assignee::Worker(WorkerRef {
+            uuid: Uuid::from_u128(0x0193_4b4e_21c0_7a4e_9d2f_4a11_c0ff_ee05),
+            email: "tech@acme.example".into(),
+        })),
+        client: site.client.clone(),
+        site: Some(RefOutput { uuid: site.uuid, external_id: site.external_id.clone() }),
+        address: site.address.clone(),
+        contacts: Vec::new(),
+        timestamps,
+        resolution: finished.then(|| Resolution { successful: true, comment: Some("Replaced the thermostat".into()) }),
+        report_fields: if event == EventType::JobReportReady {
+            vec![ReportField { name: "parts".into(), value: Some("thermostat T-200".into()) }]
+        } else {
+            Vec::new()
+        },
+        version,
+        created_at: at("2026-11-21T16:00:00+00:00"),
+        updated_at: at("2026-11-22T10:02:41+00:00"),
+    }
+}
+
+/// An example body of `event`.
+pub fn example(event: EventType) -> Value {
+    let mut ctx = Context::api(at("2026-11-22T10:02:41+00:00"));
+    let body = match event.resource() {
+        "job" => {
+            if matches!(event, EventType::JobEnRoute | EventType::JobStarted | EventType::JobFinished) {
+                ctx.source = Source::Mobile;
+                ctx.happened_at = at("2026-11-22T09:58:03+00:00");
+                ctx.device_uuid = Some(Uuid::from_u128(0x0193_4b4e_21c0_7a4e_9d2f_4a11_c0ff_ee06));
+            }
+            let job = example_job(event);
+            Event::new(event, "job", job.uuid, job.version, &ctx, &job)
+        }
+        "client" => {
+            let c = example_client();
+            Event::new(event, "client", c.uuid, c.version, &ctx, &c)
+        }
+        "site" => {
+            let s = example_site();
+            Event::new(event, "site", s.uuid, s.version, &ctx, &s)
+        }
+        _ => Event::new(event, "webhook", Uuid::nil(), 0, &ctx, &json!({"uuid": Uuid::nil(), "version": 0})),
+    };
+    serde_json::from_str(&body.expect("examples serialise").body).expect("valid JSON")
+}
+
+/// Adds the `webhooks` section (OpenAPI 3.1): one entry per event type.
+pub fn with_webhooks(mut doc: OpenApi) -> OpenApi {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.schemas.insert("WebhookPayload".into(), WebhookPayload::schema());
+    let mut nested = Vec::new();
+    <WebhookPayload as ToSchema>::schemas(&mut nested);
+    for (name, schema) in nested {
+        components.schemas.entry(name).or_insert(schema);
+    }
+    let mut webhooks = serde_json::Map::new();
+    for event in EventType::ALL.iter().copied().filter(|e| e.subscribable() || *e == EventType::WebhookTest) {
+        webhooks.insert(
+            event.name().to_string(),
+            json!({
+                "post": {
+                    "summary": event.description(),
+                    "description": "Sent with `X-Planado-Delivery-Attempt`, `X-Planado-Secret` (when set), \
+                        `X-Planado-Api-Token`, and the Standard Webhooks headers `webhook-id`, \
+                        `webhook-timestamp`, `webhook-signature`. Answer 2xx within the timeout.",
+                    "operationId": event.name(),
+                    "tags": ["webhook payloads"],
+                    "requestBody": {
+                        "required": true,
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/WebhookPayload"},
+                            "example": example(event),
+                        }},
+                    },
+                    "responses": {
+                        "2XX": {"description": "Delivered."},
+                        "default": {"description": "Retried later (410 suspends the webhook)."},
+                    },
+                }
+            }),
+        );
+    }
+    doc.extensions.get_or_insert_with(Default::default).insert("webhooks".into(), Value::Object(webhooks));
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_has_an_example_with_its_resource() {
+        for event in EventType::ALL.iter().copied().filter(|e| e.subscribable()) {
+            let e = example(event);
+            assert_eq!(e["event_type"], event.name());
+            assert!(e[event.resource()].is_object(), "{}", event.name());
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Prometheus metrics (`GET /metrics`), through the `metrics` facade and its
+//! Prometheus exporter. Every name is defined here, so an operator's
+//! dashboard and the code agree on one list.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// HTTP requests served, by `method`, `route` (the matched path template)
+/// and `status`.
+pub const HTTP_REQUESTS: &str = "fieldhook_http_requests_total";
+/// HTTP request latency in seconds, by `method` and `route`.
+pub const HTTP_DURATION: &str = "fieldhook_http_request_duration_seconds";
+/// Events written to the outbox, by `event_type`.
+pub const EVENTS: &str = "fieldhook_events_total";
+/// Delivery attempts, by `outcome`: `success`, `http_3xx`, `http_4xx`,
+/// `http_5xx`, or the `error_type` (`timeout`, `connection_failure`, …).
+pub const DELIVERIES: &str = "fieldhook_deliveries_total";
+/// Seconds from an event's commit to the receiver's 2xx on its first attempt.
+pub const DELIVERY_LATENCY: &str = "fieldhook_delivery_latency_seconds";
+/// Seconds one attempt took (the HTTP exchange alone).
+pub const ATTEMPT_DURATION: &str = "fieldhook_delivery_attempt_duration_seconds";
+/// Retries scheduled after failed attempts.
+pub const RETRIES: &str = "fieldhook_retries_scheduled_total";
+/// Events whose retries ran out for a webhook.
+pub const EXHAUSTED: &str = "fieldhook_deliveries_exhausted_total";
+/// Requests claimed by one claim of a worker.
+pub const CLAIM_BATCH: &str = "fieldhook_claim_batch_size";
+/// Requests waiting, by `state`: `due` (send now), `retrying` (waiting for
+/// their time), `held` (webhook paused or suspended).
+pub const PENDING: &str = "fieldhook_pending_requests";
+/// Webhooks by `status`: `active`, `paused`, `suspended`.
+pub const WEBHOOKS: &str = "fieldhook_webhooks";
+/// Requests this node is sending right now.
+pub const IN_FLIGHT: &str = "fieldhook_requests_in_flight";
+
+/// The process-wide recorder (installed once; tests start many servers in
+/// one process and share it).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CLAIM_BATCH.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
+                .expect("valid buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding
+            // program's); then ours renders what it sees, which is nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The outcome label of a delivery attempt.
+pub fn outcome(code: Option<u16>, error_type: Option<&str>) -> String {
+    match (error_type, code) {
+        (Some(e), _) => e.replace(' ', "_"),
+        (None, Some(c)) if (200..300).contains(&c) => "success".into(),
+        (None, Some(c)) => format!("http_{}xx", c / 100),
+        (None, None) => "unknown".into(),
+    }
+}
