@@ -47,10 +47,12 @@ impl Server {
             .role
             .delivers()
             .then(|| Engine::new(db.clone(), clock.clone(), delivery_config(&config), tokens.clone()));
+        let keys = (db.backend == crate::storage::Backend::Sqlite).then(Default::default);
         let state = AppState {
             db,
             clock,
             limiter: auth::limiter(config.rate_limit),
+            keys,
             tokens,
             allow_private_targets: config.allow_private_targets,
             push_url: config.push_url.as_ref().map(|u| u.to_string()),

@@ -98,5 +98,8 @@ pub async fn revoke_key(State(state): State<AppState>, auth: Auth, Path(id): Pat
     if !revoked {
         return Err(Error::NotFound("api key"));
     }
+    if let Some(cache) = &state.keys {
+        cache.clear();
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -51,11 +51,19 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(Error::Unauthorized("Authorization must be: Bearer <api key>"))?;
-        let mut conn = state.db.read.acquire().await?;
-        let principal = if token.starts_with(TOKEN_PREFIX) {
-            state.tokens.verify(token, state.clock.now(), &mut conn).await?
+        let principal = if let Some(p) = state.keys.as_ref().and_then(|c| c.get(token)) {
+            Some(p)
         } else {
-            accounts::authenticate(&mut conn, token).await?
+            let mut conn = state.db.read.acquire().await?;
+            if token.starts_with(TOKEN_PREFIX) {
+                state.tokens.verify(token, state.clock.now(), &mut conn).await?
+            } else {
+                let found = accounts::authenticate(&mut conn, token).await?;
+                if let (Some(cache), Some(p)) = (&state.keys, &found) {
+                    cache.put(token, p.clone());
+                }
+                found
+            }
         };
         let principal = principal.ok_or(Error::Unauthorized("unknown or revoked API key"))?;
         if let Some(limiter) = &state.limiter
@@ -134,5 +142,41 @@ impl TokenSigner {
             p.scopes = p.scopes.without_key_management();
             p
         }))
+    }
+}
+
+/// Keys this process has verified, so that a request need not read the
+/// database to authenticate. Only sound where every revocation goes through
+/// this process — a SQLite server, which owns its file alone; with
+/// PostgreSQL another node may revoke a key, so there is no cache.
+/// Revocation clears it, so it "takes effect on the next request".
+#[derive(Default)]
+pub struct KeyCache {
+    // Keyed by a hash of the presented key: the secret itself is not kept.
+    entries: std::sync::RwLock<std::collections::HashMap<[u8; 32], Principal>>,
+}
+
+impl KeyCache {
+    fn slot(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    pub fn get(&self, token: &str) -> Option<Principal> {
+        self.entries.read().expect("key cache lock").get(&Self::slot(token)).cloned()
+    }
+
+    fn put(&self, token: &str, principal: Principal) {
+        let mut entries = self.entries.write().expect("key cache lock");
+        // Bounded: a flood of distinct valid keys cannot grow it for ever.
+        if entries.len() >= 10_000 {
+            entries.clear();
+        }
+        entries.insert(Self::slot(token), principal);
+    }
+
+    /// Forgets everything (after a revocation).
+    pub fn clear(&self) {
+        self.entries.write().expect("key cache lock").clear();
     }
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
     pub limiter: Option<Arc<auth::KeyedLimiter>>,
+    /// Verified keys (SQLite only; see [`auth::KeyCache`]).
+    pub keys: Option<Arc<auth::KeyCache>>,
     pub tokens: auth::TokenSigner,
     /// Whether webhook URLs may point at loopback and private addresses.
     pub allow_private_targets: bool,

@@ -37,6 +37,15 @@ pub struct DeliveryConfig {
     pub retention: Duration,
 }
 
+fn decrement(counts: &mut HashMap<Uuid, usize>, key: &Uuid) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 /// How long a claim holds a request for this node (PostgreSQL). Longer
 /// than any attempt can take, so a slow node never has its request taken.
 fn lease(timeout: Duration) -> Duration {
@@ -46,10 +55,17 @@ fn lease(timeout: Duration) -> Duration {
 /// Longest sleep between two looks at the queue, whatever the wake-ups say.
 const SAFETY_POLL: Duration = Duration::from_secs(1);
 
-/// Requests this node is sending, per webhook.
+/// Requests this node is working on. A request holds an HTTP slot of its
+/// webhook while its POST is under way, and stays claimed (never sent
+/// again) until its result is committed — which can be later, since results
+/// are written in batches.
 #[derive(Default)]
 struct InFlight {
+    /// Claimed and not yet recorded.
     requests: HashSet<Uuid>,
+    /// Of those, per webhook.
+    unrecorded: HashMap<Uuid, usize>,
+    /// POSTs under way, per webhook: what the in-flight bound limits.
     per_webhook: HashMap<Uuid, usize>,
     /// Requests recorded since the current dispatch pass began. A claim
     /// query that started before their result committed may still return
@@ -128,20 +144,22 @@ impl Engine {
         let mut started = 0;
         for target in targets {
             let probe = target.status == WebhookStatus::Suspended;
-            let (room, busy) = {
+            let (room, held) = {
                 let f = s.in_flight.lock().expect("in-flight lock");
                 let busy = f.per_webhook.get(&target.uuid).copied().unwrap_or(0);
+                let held = f.unrecorded.get(&target.uuid).copied().unwrap_or(0);
                 let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
-                (bound.saturating_sub(busy), busy)
+                (bound.saturating_sub(busy), held)
             };
-            if room == 0 {
+            // One probe at a time: not while the last one awaits its record.
+            if room == 0 || (probe && held > 0) {
                 continue;
             }
-            // SQLite has no lease: the rows this node is sending come back
-            // from the query and are skipped below. PostgreSQL leases hide
-            // them, and every row returned is claimed, so take just `room`.
+            // SQLite has no lease: the rows this node holds come back from
+            // the query and are skipped below. PostgreSQL leases hide them,
+            // and every row returned is claimed, so take just `room`.
             let limit = match s.db.backend {
-                Backend::Sqlite => room + busy,
+                Backend::Sqlite => room + held,
                 Backend::Postgres => room,
             };
             let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook as i64 };
@@ -157,6 +175,7 @@ impl Engine {
                 }
                 taken += 1;
                 *f.per_webhook.entry(target.uuid).or_default() += 1;
+                *f.unrecorded.entry(target.uuid).or_default() += 1;
                 started += 1;
                 let engine = self.clone();
                 let target = target.clone();
@@ -211,6 +230,13 @@ impl Engine {
         }
         metrics::counter!(crate::metrics::DELIVERIES, "outcome" => outcome).increment(1);
         metrics::histogram!(crate::metrics::ATTEMPT_DURATION).record(answer.elapsed.as_secs_f64());
+        // The POST is over: its slot is free for the next one, while the
+        // request itself stays claimed until its result is committed.
+        {
+            let mut f = s.in_flight.lock().expect("in-flight lock");
+            decrement(&mut f.per_webhook, &due.webhook);
+        }
+        s.freed.notify_one();
         let attempt = Attempt {
             due,
             probe,
@@ -298,12 +324,7 @@ impl Engine {
                 for (request, webhook) in finished {
                     f.requests.remove(&request);
                     f.finished_this_pass.insert(request);
-                    if let Some(n) = f.per_webhook.get_mut(&webhook) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            f.per_webhook.remove(&webhook);
-                        }
-                    }
+                    decrement(&mut f.unrecorded, &webhook);
                 }
             }
             metrics::gauge!(crate::metrics::IN_FLIGHT).set(self.in_flight_count() as f64);

@@ -59,7 +59,12 @@ pub async fn targets(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<Vec
 pub struct Due {
     pub request: Uuid,
     pub webhook: Uuid,
+    pub account: String,
     pub event_uuid: Uuid,
+    pub event_type: String,
+    pub entity_type: String,
+    pub entity_uuid: String,
+    pub entity_version: i64,
     pub attempt_no: i64,
     pub retry_no: i64,
     /// The exact body to send.
@@ -122,7 +127,8 @@ pub async fn claim(
         Backend::Sqlite => "",
     };
     let rows = sqlx::query(&format!(
-        "SELECT r.uuid, r.event_uuid, r.attempt_no, r.retry_no, e.body, e.created_at FROM requests r \
+        "SELECT r.uuid, r.account_uuid, r.event_uuid, r.event_type, r.entity_type, r.entity_uuid, r.entity_version, \
+         r.attempt_no, r.retry_no, e.body, e.created_at FROM requests r \
          JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
          AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered} \
@@ -140,7 +146,12 @@ pub async fn claim(
             Ok(Due {
                 request: uuid_col(r, "uuid")?,
                 webhook: target.uuid,
+                account: r.try_get("account_uuid")?,
                 event_uuid: uuid_col(r, "event_uuid")?,
+                event_type: r.try_get("event_type")?,
+                entity_type: r.try_get("entity_type")?,
+                entity_uuid: r.try_get("entity_uuid")?,
+                entity_version: r.try_get("entity_version")?,
                 attempt_no: r.try_get("attempt_no")?,
                 retry_no: r.try_get("retry_no")?,
                 body: r.try_get("body")?,
@@ -209,9 +220,10 @@ impl Attempt {
 
 /// Writes a batch of attempts: each request row gets its outcome, a failure
 /// gets its retry (or is marked exhausted), and each webhook's failure
-/// streak, suspension and probe time move on. `unit` draws jitter in [0, 1).
-/// A request already finished elsewhere (e.g. after a lost lease) is
-/// skipped.
+/// streak, suspension and probe time move on — one read and at most one
+/// write per webhook per batch, so a healthy stream costs one UPDATE per
+/// attempt. `unit` draws jitter in [0, 1). A request already finished
+/// elsewhere (e.g. after a lost lease) is skipped.
 pub async fn record(
     conn: &mut AnyConnection,
     attempts: &[Attempt],
@@ -220,18 +232,10 @@ pub async fn record(
     unit: &mut (dyn FnMut() -> f64 + Send),
 ) -> Result<Recorded> {
     let mut recorded = Recorded::default();
+    // Per webhook, in order: (succeeded, answered 410).
+    let mut streaks: Vec<(Uuid, Vec<(bool, bool)>)> = Vec::new();
     for a in attempts {
         let success = a.succeeded();
-        let row = sqlx::query(
-            "SELECT account_uuid, event_type, entity_type, entity_uuid, entity_version FROM requests \
-             WHERE uuid = $1 AND status = 'scheduled'",
-        )
-        .bind(a.due.request.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else { continue };
-        recorded.attempts += 1;
-
         // The retry that follows a failure. Probes of a suspended webhook
         // cost no retry budget; their request simply waits again.
         let retry = if success {
@@ -246,19 +250,13 @@ pub async fn record(
         };
         let outcome = match (success, &retry) {
             (true, _) => "success",
-            (false, Some(_)) => {
-                recorded.retries += 1;
-                "failed"
-            }
-            (false, None) => {
-                recorded.exhausted += 1;
-                "exhausted"
-            }
+            (false, Some(_)) => "failed",
+            (false, None) => "exhausted",
         };
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE requests SET status = 'sent', outcome = $1, sent_at = $2, request_time_ms = $3, \
              http_response_code = $4, http_response_headers = $5, http_response_body = $6, error_type = $7, \
-             error_description = $8, claimed_by = NULL, claimed_until = NULL WHERE uuid = $9",
+             error_description = $8, claimed_by = NULL, claimed_until = NULL WHERE uuid = $9 AND status = 'scheduled'",
         )
         .bind(outcome)
         .bind(to_micros(a.sent_at))
@@ -271,83 +269,113 @@ pub async fn record(
         .bind(a.due.request.to_string())
         .execute(&mut *conn)
         .await?;
-        if let Some((retry_no, send_at)) = retry {
-            sqlx::query(
-                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
-                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12)",
-            )
-            .bind(Uuid::now_v7().to_string())
-            .bind(row.try_get::<String, _>("account_uuid")?)
-            .bind(a.due.webhook.to_string())
-            .bind(a.due.event_uuid.to_string())
-            .bind(row.try_get::<String, _>("event_type")?)
-            .bind(row.try_get::<String, _>("entity_type")?)
-            .bind(row.try_get::<String, _>("entity_uuid")?)
-            .bind(row.try_get::<i64, _>("entity_version")?)
-            .bind(a.due.attempt_no + 1)
-            .bind(retry_no)
-            .bind(to_micros(send_at))
-            .bind(to_micros(now))
-            .execute(&mut *conn)
-            .await?;
+        if done.rows_affected() == 0 {
+            continue;
         }
-        update_streak(conn, a, success, policy, now).await?;
+        recorded.attempts += 1;
+        match (success, retry) {
+            (true, _) => {}
+            (false, None) => recorded.exhausted += 1,
+            (false, Some((retry_no, send_at))) => {
+                recorded.retries += 1;
+                let d = &a.due;
+                sqlx::query(
+                    "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
+                     entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12)",
+                )
+                .bind(Uuid::now_v7().to_string())
+                .bind(&d.account)
+                .bind(d.webhook.to_string())
+                .bind(d.event_uuid.to_string())
+                .bind(&d.event_type)
+                .bind(&d.entity_type)
+                .bind(&d.entity_uuid)
+                .bind(d.entity_version)
+                .bind(d.attempt_no + 1)
+                .bind(retry_no)
+                .bind(to_micros(send_at))
+                .bind(to_micros(now))
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        let entry = match streaks.iter_mut().find(|(w, _)| *w == a.due.webhook) {
+            Some(e) => e,
+            None => {
+                streaks.push((a.due.webhook, Vec::new()));
+                streaks.last_mut().expect("just pushed")
+            }
+        };
+        entry.1.push((success, a.response_code == Some(410)));
+    }
+    for (webhook, results) in streaks {
+        update_streak(conn, webhook, &results, policy, now).await?;
     }
     Ok(recorded)
 }
 
-/// Moves a webhook's failure streak on, suspending or reactivating it.
+/// Moves a webhook's failure streak on by a batch of results, suspending
+/// or reactivating it; writes only when something changed.
 async fn update_streak(
     conn: &mut AnyConnection,
-    a: &Attempt,
-    success: bool,
+    webhook: Uuid,
+    results: &[(bool, bool)],
     policy: &RetryPolicy,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let webhook = a.due.webhook.to_string();
+    let id = webhook.to_string();
     let row = sqlx::query("SELECT status, consecutive_failures, failing_since FROM webhooks WHERE uuid = $1")
-        .bind(&webhook)
+        .bind(&id)
         .fetch_one(&mut *conn)
         .await?;
-    let status = WebhookStatus::parse(&row.try_get::<String, _>("status")?);
+    let was = WebhookStatus::parse(&row.try_get::<String, _>("status")?);
+    let was_failures: i64 = row.try_get("consecutive_failures")?;
+    let was_since: Option<i64> = row.try_get("failing_since")?;
     let now_us = to_micros(now);
-    if success {
-        sqlx::query(
-            "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL, next_probe_at = NULL WHERE uuid = $1",
-        )
-        .bind(&webhook)
-        .execute(&mut *conn)
-        .await?;
-        if status == WebhookStatus::Suspended {
+    let (mut status, mut failures, mut since) = (was, was_failures, was_since);
+    let mut reason: Option<String> = None;
+    for &(success, gone) in results {
+        if success {
+            failures = 0;
+            since = None;
+            if status == WebhookStatus::Suspended {
+                status = WebhookStatus::Active;
+                reason = None;
+            }
+            continue;
+        }
+        failures += 1;
+        let started = *since.get_or_insert(now_us);
+        if status == WebhookStatus::Active {
+            if gone {
+                reason = Some("the endpoint answered 410 Gone".to_string());
+            } else if policy.should_suspend(failures, from_micros(started), now) {
+                reason = Some(format!(
+                    "{failures} consecutive failed attempts, none successful since {}",
+                    crate::domain::common::ts::format(&from_micros(started))
+                ));
+            }
+            if reason.is_some() {
+                status = WebhookStatus::Suspended;
+            }
+        }
+    }
+    let probe_at = to_micros(now + chrono::TimeDelta::from_std(policy.probe_interval).unwrap_or_default());
+    match (was, status) {
+        (WebhookStatus::Suspended, WebhookStatus::Active) => {
             // A probe answered: the webhook is back, its backlog due now.
             sqlx::query(
-                "UPDATE webhooks SET status = 'active', suspended_at = NULL, suspension_reason = NULL, updated_at = $1 \
-                 WHERE uuid = $2",
+                "UPDATE webhooks SET status = 'active', suspended_at = NULL, suspension_reason = NULL, \
+                 consecutive_failures = 0, failing_since = NULL, next_probe_at = NULL, updated_at = $1 WHERE uuid = $2",
             )
             .bind(now_us)
-            .bind(&webhook)
+            .bind(&id)
             .execute(&mut *conn)
             .await?;
-            super::webhooks::make_pending_due(conn, a.due.webhook, now).await?;
+            super::webhooks::make_pending_due(conn, webhook, now).await?;
         }
-        return Ok(());
-    }
-    let failures: i64 = row.try_get::<i64, _>("consecutive_failures")? + 1;
-    let since = row.try_get::<Option<i64>, _>("failing_since")?.unwrap_or(now_us);
-    let probe_at = to_micros(now + chrono::TimeDelta::from_std(policy.probe_interval).unwrap_or_default());
-    let reason = if a.response_code == Some(410) {
-        Some("the endpoint answered 410 Gone".to_string())
-    } else if policy.should_suspend(failures, from_micros(since), now) {
-        Some(format!(
-            "{failures} consecutive failed attempts, none successful since {}",
-            crate::domain::common::ts::format(&from_micros(since))
-        ))
-    } else {
-        None
-    };
-    match (status, reason) {
-        (WebhookStatus::Active, Some(reason)) => {
+        (WebhookStatus::Active, WebhookStatus::Suspended) => {
             sqlx::query(
                 "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2, status = 'suspended', \
                  suspended_at = $3, suspension_reason = $4, next_probe_at = $5, updated_at = $3 WHERE uuid = $6",
@@ -357,18 +385,20 @@ async fn update_streak(
             .bind(now_us)
             .bind(reason)
             .bind(probe_at)
-            .bind(&webhook)
+            .bind(&id)
             .execute(conn)
             .await?;
         }
+        _ if failures == 0 && was_failures == 0 && was_since.is_none() => {}
         _ => {
+            let next_probe = (failures > 0).then_some(probe_at);
             sqlx::query(
                 "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2, next_probe_at = $3 WHERE uuid = $4",
             )
             .bind(failures)
             .bind(since)
-            .bind(probe_at)
-            .bind(&webhook)
+            .bind(next_probe)
+            .bind(&id)
             .execute(conn)
             .await?;
         }

@@ -1,0 +1,507 @@
+//! `fieldhook-bench`: measures fieldhook on this machine over loopback and
+//! compares it, in the same run, with the machine's own limit — a plain
+//! keep-alive HTTP client posting to a minimal receiver.
+//!
+//! Everything runs here: the receiver and the load generators in this
+//! process, the server as a child process (the real release binary), so its
+//! CPU time and peak memory can be read from /proc. On a 2-core machine the
+//! load generator, the receiver and the server share the cores; the ceiling
+//! is measured under the same handicap (client and receiver in one
+//! process), which is what makes the ratios fair.
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use clap::Parser;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(about = "Throughput, latency and memory of fieldhook against the loopback ceiling")]
+struct Args {
+    /// The fieldhook binary to measure (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/fieldhook")]
+    bin: String,
+    /// PostgreSQL URL to measure as well (a fresh schema is used).
+    #[arg(long, env = "FIELDHOOK_BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
+    /// Events that pile up before the drain.
+    #[arg(long, default_value_t = 200_000)]
+    drain_events: usize,
+    /// Webhooks in the end-to-end phase.
+    #[arg(long, default_value_t = 4)]
+    webhooks: usize,
+    /// Length of each timed phase, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent connections of the load generators.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Pending requests for the memory phase (events × 10 webhooks).
+    #[arg(long, default_value_t = 1_000_000)]
+    pending: usize,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "docs/benchmarks.json")]
+    out: String,
+}
+
+/// A minimal receiver: answers 200 at once and counts. When tracking, it
+/// notes the arrival time of each job uuid (for latency).
+struct Receiver {
+    count: AtomicU64,
+    track: AtomicBool,
+    arrivals: Mutex<HashMap<String, Instant>>,
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, body: Bytes) -> StatusCode {
+    let now = Instant::now();
+    r.count.fetch_add(1, Ordering::Relaxed);
+    if r.track.load(Ordering::Relaxed)
+        && let Some(uuid) = job_uuid(&body)
+    {
+        r.arrivals.lock().unwrap().entry(uuid).or_insert(now);
+    }
+    StatusCode::OK
+}
+
+/// The job uuid of a webhook body, without a full parse.
+fn job_uuid(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let at = text.find("\"job\":{\"uuid\":\"")? + 15;
+    text.get(at..at + 36).map(str::to_string)
+}
+
+async fn start_receiver() -> anyhow::Result<(String, Arc<Receiver>)> {
+    let receiver =
+        Arc::new(Receiver { count: AtomicU64::new(0), track: AtomicBool::new(false), arrivals: Mutex::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let app = axum::Router::new().fallback(receive).with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, receiver))
+}
+
+/// A `fieldhook serve` child process.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds the server has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the ")" of the command name: utime is the 12th, stime the 13th.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Peak resident memory in MB (VmHWM).
+    fn peak_rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_server(bin: &str, db: &str) -> anyhow::Result<Server> {
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["serve", "--database-url", db, "--listen", &format!("127.0.0.1:{port}")])
+        .env("FIELDHOOK_RATE_LIMIT", "0")
+        .env("FIELDHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .env("FIELDHOOK_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {bin} (build it with cargo build --release)"))?;
+    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(format!("{}/readyz", server.base)).send().await.is_ok_and(|r| r.status() == 200) {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server did not become ready")
+}
+
+fn create_account(bin: &str, db: &str) -> anyhow::Result<String> {
+    let out = Command::new(bin).args(["account", "create", "--name", "bench", "--database-url", db]).output()?;
+    if !out.status.success() {
+        bail!("account create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["api_key"].as_str().context("api_key")?.to_string())
+}
+
+/// Runs `concurrency` workers issuing requests until `total` are done or
+/// `duration` passes; returns (completed, elapsed, acknowledgement times by
+/// job uuid when `track`).
+async fn blast<F>(concurrency: usize, total: Option<usize>, duration: Option<Duration>, make: F) -> (usize, Duration)
+where
+    F: Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (make, next, done) = (make.clone(), next.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if total.is_some_and(|t| i >= t) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return;
+                }
+                if let Ok(r) = make(i).send().await
+                    && r.status().is_success()
+                {
+                    let _ = r.bytes().await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (done.load(Ordering::Relaxed) as usize, started.elapsed())
+}
+
+async fn wait_count(r: &Receiver, target: u64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while r.count.load(Ordering::Relaxed) < target && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    backend: String,
+    metric: String,
+    value: f64,
+    unit: String,
+    /// Share of the loopback ceiling measured in the same run.
+    ratio_of_ceiling: Option<f64>,
+    target: String,
+}
+
+fn row(backend: &str, metric: &str, value: f64, unit: &str, ceiling: Option<f64>, target: &str) -> Row {
+    Row {
+        backend: backend.into(),
+        metric: metric.into(),
+        value: (value * 100.0).round() / 100.0,
+        unit: unit.into(),
+        ratio_of_ceiling: ceiling.map(|c| (value / c * 1000.0).round() / 1000.0),
+        target: target.into(),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.key).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("POST {path}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        Ok(r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn webhook(&self, url: &str, paused: bool) -> anyhow::Result<String> {
+        let v = self.post("/v2/webhooks", json!({"url": url, "event_types": ["job_created"]})).await?;
+        let uuid = v["webhook_uuid"].as_str().context("webhook_uuid")?.to_string();
+        if paused {
+            self.post(&format!("/v2/webhooks/{uuid}/pause"), json!({})).await?;
+        }
+        Ok(uuid)
+    }
+
+    fn create_job(&self) -> impl Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static {
+        let (http, url, key) = (self.http.clone(), format!("{}/v2/jobs", self.base), self.key.clone());
+        move |i| {
+            http.post(&url)
+                .bearer_auth(&key)
+                .json(&json!({"description": format!("bench job {i}"), "external_order_id": "bench"}))
+        }
+    }
+}
+
+/// Measures one backend; `db` is a fresh database URL.
+async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let secs = Duration::from_secs(args.seconds);
+    let key = create_account(&args.bin, db)?;
+    let server = start_server(&args.bin, db).await?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let api = Api { http: http.clone(), base: server.base.clone(), key: key.clone() };
+    let (url, receiver) = start_receiver().await?;
+
+    // API throughput: durable job creates, then reads (no webhooks yet).
+    let (created, took) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let creates = created as f64 / took.as_secs_f64();
+    rows.push(row(backend, "api job creates", creates, "creates/s", None, ">= 10000/s on SQLite"));
+    let some_job = api.post("/v2/jobs", json!({})).await?["job_uuid"].as_str().unwrap_or_default().to_string();
+    let (read, took) = blast(args.concurrency, None, Some(secs), {
+        let (http, url, key) = (http.clone(), format!("{}/v2/jobs/{some_job}", server.base), key.clone());
+        move |_| http.get(&url).bearer_auth(&key)
+    })
+    .await;
+    rows.push(row(backend, "api job reads", read as f64 / took.as_secs_f64(), "reads/s", None, ""));
+    eprintln!("[{backend}] api: {creates:.0} creates/s, {:.0} reads/s", read as f64 / took.as_secs_f64());
+
+    // Drain: events pile up for a paused webhook, then it is resumed.
+    let hook = api.webhook(&url, true).await?;
+    let (piled, took) = blast(args.concurrency, Some(args.drain_events), None, api.create_job()).await;
+    eprintln!("[{backend}] piled up {piled} events in {took:.1?}");
+    let before = receiver.count.load(Ordering::Relaxed);
+    let cpu_before = server.cpu_seconds();
+    api.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await?;
+    let drained = wait_count(&receiver, before + piled as u64, Duration::from_secs(600)).await;
+    let delivered = receiver.count.load(Ordering::Relaxed) - before;
+    let cpu = server.cpu_seconds() - cpu_before;
+    let drain_rate = delivered as f64 / drained.as_secs_f64();
+    rows.push(row(backend, "drain rate", drain_rate, "deliveries/s", Some(ceiling), ">= 50% of ceiling"));
+    rows.push(row(
+        backend,
+        "cpu per 1000 deliveries (drain)",
+        cpu / (delivered as f64 / 1000.0),
+        "cpu-seconds",
+        None,
+        "",
+    ));
+    eprintln!("[{backend}] drained {delivered} in {drained:.1?}: {drain_rate:.0}/s, {cpu:.1} cpu-s");
+    api.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await?;
+
+    // End to end: creates at full speed fan out to N webhooks.
+    let mut hooks = Vec::new();
+    for _ in 0..args.webhooks {
+        hooks.push(api.webhook(&url, false).await?);
+    }
+    let before = receiver.count.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let (created, _) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let expected = before + (created * args.webhooks) as u64;
+    wait_count(&receiver, expected, Duration::from_secs(300)).await;
+    let e2e = (receiver.count.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64();
+    rows.push(row(backend, "end-to-end deliveries", e2e, "deliveries/s", Some(ceiling), ">= 25% of ceiling"));
+    eprintln!("[{backend}] end to end with {} webhooks: {e2e:.0} deliveries/s", args.webhooks);
+    for h in hooks.iter().skip(1) {
+        api.post(&format!("/v2/webhooks/{h}/pause"), json!({})).await?;
+    }
+
+    // Latency from the API's 2xx to the receiver, one webhook, paced.
+    for (label, rate) in [("1000/s", 1000.0), ("near saturation", (e2e / args.webhooks as f64 * 0.8).max(1000.0))] {
+        let lat = paced_latency(&api, &receiver, rate, secs).await?;
+        rows.push(row(
+            backend,
+            &format!("latency p50 at {label}"),
+            lat.0,
+            "ms",
+            None,
+            if rate == 1000.0 { "" } else { "" },
+        ));
+        rows.push(row(
+            backend,
+            &format!("latency p99 at {label}"),
+            lat.1,
+            "ms",
+            None,
+            if rate == 1000.0 { "<= 5 ms" } else { "" },
+        ));
+        rows.push(row(backend, &format!("latency max at {label}"), lat.2, "ms", None, ""));
+        eprintln!("[{backend}] latency at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", lat.0, lat.1, lat.2);
+    }
+    rows.push(row(backend, "peak rss (all phases)", server.peak_rss_mb(), "MB", None, ""));
+    drop(server);
+    Ok(())
+}
+
+/// Creates jobs at `rate` per second for `secs`; returns p50, p99, max in ms.
+async fn paced_latency(
+    api: &Api,
+    receiver: &Arc<Receiver>,
+    rate: f64,
+    secs: Duration,
+) -> anyhow::Result<(f64, f64, f64)> {
+    receiver.arrivals.lock().unwrap().clear();
+    receiver.track.store(true, Ordering::Relaxed);
+    let acks: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut tasks = Vec::new();
+    while started.elapsed() < secs {
+        let due = started + interval.mul_f64(n as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        n += 1;
+        let (http, url, key, acks) = (api.http.clone(), format!("{}/v2/jobs", api.base), api.key.clone(), acks.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Ok(r) = http.post(&url).bearer_auth(&key).json(&json!({"description": "latency"})).send().await {
+                let at = Instant::now();
+                if let Ok(v) = r.json::<Value>().await
+                    && let Some(u) = v["job_uuid"].as_str()
+                {
+                    acks.lock().unwrap().insert(u.to_string(), at);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let expect = acks.lock().unwrap().len();
+    let wait_started = Instant::now();
+    while receiver.arrivals.lock().unwrap().len() < expect && wait_started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    receiver.track.store(false, Ordering::Relaxed);
+    let arrivals = receiver.arrivals.lock().unwrap();
+    let mut ms: Vec<f64> = acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(u, ack)| arrivals.get(u).map(|a| a.saturating_duration_since(*ack).as_secs_f64() * 1000.0))
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Ok((percentile(&ms, 0.5), percentile(&ms, 0.99), ms.last().copied().unwrap_or(f64::NAN)))
+}
+
+/// Peak RSS of a fresh server holding `pending` requests (10 paused webhooks).
+async fn memory(args: &Args, backend: &str, db: &str, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let key = create_account(&args.bin, db)?;
+    let server = start_server(&args.bin, db).await?;
+    let api = Api { http: reqwest::Client::new(), base: server.base.clone(), key };
+    for _ in 0..10 {
+        api.webhook("http://127.0.0.1:9/never", true).await?;
+    }
+    let (created, took) = blast(args.concurrency, Some(args.pending / 10), None, api.create_job()).await;
+    eprintln!("[{backend}] {} pending requests written in {took:.1?}", created * 10);
+    // Let the engine look at its queue a few times with the backlog in place.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rows.push(row(
+        backend,
+        &format!("peak rss with {} pending requests", created * 10),
+        server.peak_rss_mb(),
+        "MB",
+        None,
+        "<= 300 MB",
+    ));
+    Ok(())
+}
+
+/// A fresh PostgreSQL schema URL.
+async fn fresh_schema(base: &str) -> anyhow::Result<String> {
+    let schema = format!("bench_{}", std::process::id());
+    let status = Command::new("psql")
+        .args([base, "-qc", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")])
+        .status()?;
+    if !status.success() {
+        bail!("could not create schema {schema} (psql)");
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Ok(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+/// The loopback ceiling: a plain keep-alive client alone.
+async fn ceiling(args: &Args) -> anyhow::Result<f64> {
+    let (url, _receiver) = start_receiver().await?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let body = serde_json::to_vec(
+        &json!({"event_uuid": "x", "event_type": "job_created", "job": {"description": "x".repeat(900)}}),
+    )?;
+    let (n, took) = blast(args.concurrency, None, Some(Duration::from_secs(args.seconds)), move |_| {
+        http.post(&url).header("content-type", "application/json").body(body.clone())
+    })
+    .await;
+    Ok(n as f64 / took.as_secs_f64())
+}
+
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name"))?.split(':').nth(1).map(|s| s.trim().to_string()))
+        .unwrap_or_default();
+    json!({"cores": cores, "memory_gb": mem_gb, "cpu": cpu})
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let machine = machine();
+    eprintln!("machine: {machine}");
+    let ceiling = ceiling(&args).await?;
+    eprintln!("ceiling: {ceiling:.0} POSTs/s");
+    let mut rows = vec![row("loopback", "ceiling: plain keep-alive client", ceiling, "posts/s", Some(ceiling), "")];
+
+    let dir = tempfile::tempdir()?;
+    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
+    measure(&args, "sqlite", &sqlite, ceiling, &mut rows).await?;
+    let mem_db = format!("sqlite://{}", dir.path().join("memory.db").display());
+    memory(&args, "sqlite", &mem_db, &mut rows).await?;
+    if let Some(pg) = &args.postgres {
+        let url = fresh_schema(pg).await?;
+        measure(&args, "postgres", &url, ceiling, &mut rows).await?;
+    }
+
+    println!("{:<10} {:<48} {:>12} {:<14} {:>9}  target", "backend", "metric", "value", "unit", "ceiling");
+    for r in &rows {
+        let ratio = r.ratio_of_ceiling.map_or(String::new(), |x| format!("{:.1} %", x * 100.0));
+        println!("{:<10} {:<48} {:>12.2} {:<14} {:>9}  {}", r.backend, r.metric, r.value, r.unit, ratio, r.target);
+    }
+    let report =
+        json!({"machine": machine, "seconds_per_phase": args.seconds, "concurrency": args.concurrency, "rows": rows});
+    if let Some(parent) = std::path::Path::new(&args.out).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("report written to {}", args.out);
+    Ok(())
+}
