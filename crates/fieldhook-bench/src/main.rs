@@ -333,14 +333,7 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
     // Latency from the API's 2xx to the receiver, one webhook, paced.
     for (label, rate) in [("1000/s", 1000.0), ("near saturation", (e2e / args.webhooks as f64 * 0.8).max(1000.0))] {
         let lat = paced_latency(&api, &receiver, rate, secs).await?;
-        rows.push(row(
-            backend,
-            &format!("latency p50 at {label}"),
-            lat.0,
-            "ms",
-            None,
-            if rate == 1000.0 { "" } else { "" },
-        ));
+        rows.push(row(backend, &format!("latency p50 at {label}"), lat.0, "ms", None, ""));
         rows.push(row(
             backend,
             &format!("latency p99 at {label}"),
