@@ -52,6 +52,9 @@ fn lease(timeout: Duration) -> Duration {
     timeout * 2 + Duration::from_secs(5)
 }
 
+/// Sent requests deleted per pruning transaction.
+const PRUNE_BATCH: u64 = 5000;
+
 /// Longest sleep between two looks at the queue, whatever the wake-ups say.
 const SAFETY_POLL: Duration = Duration::from_secs(1);
 
@@ -480,17 +483,25 @@ impl Engine {
         }
     }
 
-    /// Deletes sent requests past the retention period, a batch at a time.
-    async fn prune_loop(&self, stop: CancellationToken) {
+    /// Deletes one batch of sent requests older than the retention period;
+    /// returns how many went.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn prune_once(&self) -> Result<u64> {
         let s = &self.shared;
+        let before = s.clock.now() - chrono::TimeDelta::from_std(s.config.retention).unwrap_or_default();
+        s.db.committer
+            .write(move |conn| Box::pin(async move { deliveries::prune(conn, before, PRUNE_BATCH).await }))
+            .await
+    }
+
+    /// Prunes every minute, in batches so that a large backlog of old
+    /// requests never holds the writer for long.
+    async fn prune_loop(&self, stop: CancellationToken) {
         loop {
-            let before = s.clock.now() - chrono::TimeDelta::from_std(s.config.retention).unwrap_or_default();
-            let pruned =
-                s.db.committer
-                    .write(move |conn| Box::pin(async move { deliveries::prune(conn, before, 5000).await }))
-                    .await;
-            let pause = match pruned {
-                Ok(5000) => Duration::from_millis(100),
+            let pause = match self.prune_once().await {
+                Ok(PRUNE_BATCH) => Duration::from_millis(100),
                 Ok(_) => Duration::from_secs(60),
                 Err(e) => {
                     tracing::warn!(error = %e, "pruning sent requests failed");

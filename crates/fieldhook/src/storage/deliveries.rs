@@ -419,12 +419,12 @@ pub async fn release(conn: &mut AnyConnection, node: &str) -> Result<()> {
 }
 
 /// Deletes sent requests older than `before` (retention); returns how many.
-pub async fn prune(conn: &mut AnyConnection, before: DateTime<Utc>, limit: i64) -> Result<u64> {
+pub async fn prune(conn: &mut AnyConnection, before: DateTime<Utc>, limit: u64) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM requests WHERE uuid IN (SELECT uuid FROM requests WHERE status = 'sent' AND sent_at < $1 LIMIT $2)",
     )
     .bind(to_micros(before))
-    .bind(limit)
+    .bind(limit as i64)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())

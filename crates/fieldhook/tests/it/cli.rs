@@ -232,3 +232,22 @@ async fn acknowledged_writes_survive_sigkill() {
         assert_eq!(h["history"][0]["event_type"], "client_created", "its event was lost");
     }
 }
+
+#[tokio::test]
+async fn a_database_of_a_newer_schema_is_refused() {
+    let (db, _dir) = fresh_database(Backend::Sqlite).await.unwrap();
+    run_json(&["account", "create", "--name", "Acme", "--database-url", &db]);
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{db}?mode=rw")).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let out = bin().args(["migrate", "--database-url", &db]).output().unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("newer than this fieldhook binary"), "{msg}");
+}

@@ -22,7 +22,22 @@ crate::on_both_backends!(
     pause_holds_events_and_resume_releases_them,
     the_test_event_and_deleting_a_webhook,
     webhook_urls_and_event_types_are_validated,
+    sent_requests_are_pruned_after_the_retention_period,
 );
+
+async fn sent_requests_are_pruned_after_the_retention_period(app: TestApp) {
+    let rx = Receiver::start().await;
+    let hook = app.webhook(&rx.url, &["client_created"]).await;
+    app.create("clients", json!({"first_name": "A"})).await;
+    app.wait_for_log(&hook, "a sent request", |l| l.len() == 1 && l[0]["status"] == "sent").await;
+    let engine = app.engine.as_ref().unwrap();
+    assert_eq!(engine.prune_once().await.unwrap(), 0, "kept within the 30 days");
+    app.clock.advance(Duration::from_secs(29 * 86400));
+    assert_eq!(engine.prune_once().await.unwrap(), 0);
+    app.clock.advance(Duration::from_secs(2 * 86400));
+    assert_eq!(engine.prune_once().await.unwrap(), 1);
+    assert!(app.requests(&hook, None).await.is_empty());
+}
 
 fn settle() -> Duration {
     Duration::from_millis(30)
