@@ -103,7 +103,8 @@ pub async fn claim(
             .execute(&mut *conn)
             .await?;
         let leased: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' AND claimed_until >= $2",
+            "SELECT COUNT(*) FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
+             AND claimed_until IS NOT NULL AND claimed_until >= $2",
         )
         .bind(target.uuid.to_string())
         .bind(now_us)
@@ -174,10 +175,12 @@ pub async fn claim(
 }
 
 /// When the next scheduled request of an active webhook falls due, if any.
+/// One index probe per active webhook, never a scan of the backlog.
 pub async fn next_due_at(conn: &mut AnyConnection) -> Result<Option<DateTime<Utc>>> {
     let next: Option<i64> = sqlx::query_scalar(
-        "SELECT MIN(r.send_at) FROM requests r JOIN webhooks w ON w.uuid = r.webhook_uuid \
-         WHERE r.status = 'scheduled' AND w.status = 'active' AND w.removed = 0",
+        "SELECT MIN(next) FROM (SELECT (SELECT MIN(r.send_at) FROM requests r \
+         WHERE r.webhook_uuid = w.uuid AND r.status = 'scheduled') AS next \
+         FROM webhooks w WHERE w.status = 'active' AND w.removed = 0) AS per_webhook",
     )
     .fetch_one(conn)
     .await?;

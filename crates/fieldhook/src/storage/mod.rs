@@ -138,7 +138,10 @@ fn sqlite_path(url: &str) -> Option<&str> {
 }
 
 async fn pool(backend: Backend, url: &str, size: u32) -> anyhow::Result<AnyPool> {
+    // No ping before each acquire: a broken connection fails its query and
+    // is replaced; the ping would double the round trips of every read.
     let mut options = AnyPoolOptions::new()
+        .test_before_acquire(false)
         .max_connections(size)
         .min_connections(if backend == Backend::Sqlite { size } else { 1 })
         .acquire_timeout(Duration::from_secs(10));
