@@ -46,6 +46,9 @@ struct Args {
     /// Pending requests for the memory phase (events × 10 webhooks).
     #[arg(long, default_value_t = 1_000_000)]
     pending: usize,
+    /// Run only the memory phase (peak RSS with `--pending` requests).
+    #[arg(long)]
+    memory_only: bool,
     /// Where the JSON report goes.
     #[arg(long, default_value = "docs/benchmarks.json")]
     out: String,
@@ -470,16 +473,19 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let machine = machine();
     eprintln!("machine: {machine}");
-    let ceiling = ceiling(&args).await?;
-    eprintln!("ceiling: {ceiling:.0} POSTs/s");
-    let mut rows = vec![row("loopback", "ceiling: plain keep-alive client", ceiling, "posts/s", Some(ceiling), "")];
-
     let dir = tempfile::tempdir()?;
-    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    measure(&args, "sqlite", &sqlite, ceiling, &mut rows).await?;
+    let mut rows = Vec::new();
+    if !args.memory_only {
+        let ceiling = ceiling(&args).await?;
+        eprintln!("ceiling: {ceiling:.0} POSTs/s");
+        rows.push(row("loopback", "ceiling: plain keep-alive client", ceiling, "posts/s", Some(ceiling), ""));
+        let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
+        measure(&args, "sqlite", &sqlite, ceiling, &mut rows).await?;
+    }
     let mem_db = format!("sqlite://{}", dir.path().join("memory.db").display());
     memory(&args, "sqlite", &mem_db, &mut rows).await?;
-    if let Some(pg) = &args.postgres {
+    if let (Some(pg), false) = (&args.postgres, args.memory_only) {
+        let ceiling = rows[0].value;
         let url = fresh_schema(pg).await?;
         measure(&args, "postgres", &url, ceiling, &mut rows).await?;
     }
