@@ -290,7 +290,7 @@ macro_rules! resource_handlers {
             pub $one: $R,
         }
 
-        #[doc = concat!("Create a ", $tag, " resource; `Idempotency-Key` makes repeats safe.")]
+        #[doc = "Create one; `Idempotency-Key` makes a repeat safe (same answer, nothing created twice)."]
         #[utoipa::path(post, path = $collection, tag = $tag, request_body = $Input,
             params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe creation, remembered 24 h")),
             responses((status = 201, body = $UuidBody), (status = "4XX", body = $crate::api::error::ErrorBody)),
