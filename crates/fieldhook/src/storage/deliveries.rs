@@ -282,24 +282,20 @@ pub async fn record(
             (false, Some((retry_no, send_at))) => {
                 recorded.retries += 1;
                 let d = &a.due;
-                sqlx::query(
-                    "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
-                     entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12)",
-                )
-                .bind(Uuid::now_v7().to_string())
-                .bind(&d.account)
-                .bind(d.webhook.to_string())
-                .bind(d.event_uuid.to_string())
-                .bind(&d.event_type)
-                .bind(&d.entity_type)
-                .bind(&d.entity_uuid)
-                .bind(d.entity_version)
-                .bind(d.attempt_no + 1)
-                .bind(retry_no)
-                .bind(to_micros(send_at))
-                .bind(to_micros(now))
-                .execute(&mut *conn)
+                super::webhooks::NewRequest {
+                    account: &d.account,
+                    webhook: &d.webhook.to_string(),
+                    event_uuid: &d.event_uuid.to_string(),
+                    event_type: &d.event_type,
+                    entity_type: &d.entity_type,
+                    entity_uuid: &d.entity_uuid,
+                    entity_version: d.entity_version,
+                    attempt_no: d.attempt_no + 1,
+                    retry_no,
+                    send_at: to_micros(send_at),
+                    created_at: to_micros(now),
+                }
+                .insert(conn)
                 .await?;
             }
         }

@@ -181,6 +181,50 @@ pub async fn fan_out(conn: &mut AnyConnection, account: Uuid, event: &Event) -> 
     Ok(subscribers.len())
 }
 
+/// One attempt to schedule: the single place a request row is written
+/// (fan-out, test events, resends, retries).
+pub(crate) struct NewRequest<'a> {
+    pub account: &'a str,
+    pub webhook: &'a str,
+    pub event_uuid: &'a str,
+    pub event_type: &'a str,
+    pub entity_type: &'a str,
+    pub entity_uuid: &'a str,
+    pub entity_version: i64,
+    pub attempt_no: i64,
+    /// Failures so far that counted against the retry budget.
+    pub retry_no: i64,
+    pub send_at: i64,
+    pub created_at: i64,
+}
+
+impl NewRequest<'_> {
+    pub(crate) async fn insert(&self, conn: &mut AnyConnection) -> Result<Uuid> {
+        let uuid = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, entity_uuid, \
+             entity_version, attempt_no, retry_no, status, send_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12)",
+        )
+        .bind(uuid.to_string())
+        .bind(self.account)
+        .bind(self.webhook)
+        .bind(self.event_uuid)
+        .bind(self.event_type)
+        .bind(self.entity_type)
+        .bind(self.entity_uuid)
+        .bind(self.entity_version)
+        .bind(self.attempt_no)
+        .bind(self.retry_no)
+        .bind(self.send_at)
+        .bind(self.created_at)
+        .execute(conn)
+        .await?;
+        Ok(uuid)
+    }
+}
+
+/// The first attempt of `event` for `webhook`, due at `send_at`.
 pub(crate) async fn insert_request(
     conn: &mut AnyConnection,
     account: Uuid,
@@ -189,25 +233,21 @@ pub(crate) async fn insert_request(
     attempt_no: i64,
     send_at: i64,
 ) -> Result<Uuid> {
-    let uuid = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, entity_uuid, \
-         entity_version, attempt_no, retry_no, status, send_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 'scheduled', $10, $10)",
-    )
-    .bind(uuid.to_string())
-    .bind(account.to_string())
-    .bind(webhook)
-    .bind(event.uuid.to_string())
-    .bind(event.event_type.name())
-    .bind(event.entity_type)
-    .bind(event.entity_uuid.to_string())
-    .bind(event.entity_version)
-    .bind(attempt_no)
-    .bind(send_at)
-    .execute(conn)
-    .await?;
-    Ok(uuid)
+    NewRequest {
+        account: &account.to_string(),
+        webhook,
+        event_uuid: &event.uuid.to_string(),
+        event_type: event.event_type.name(),
+        entity_type: event.entity_type,
+        entity_uuid: &event.entity_uuid.to_string(),
+        entity_version: event.entity_version,
+        attempt_no,
+        retry_no: 0,
+        send_at,
+        created_at: send_at,
+    }
+    .insert(conn)
+    .await
 }
 
 /// Records a test event for one webhook and its request; returns the request.
@@ -242,25 +282,22 @@ pub async fn resend(
             .bind(webhook.to_string())
             .fetch_one(&mut *conn)
             .await?;
-    let uuid = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, entity_uuid, \
-         entity_version, attempt_no, retry_no, status, send_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 'scheduled', $10, $10)",
-    )
-    .bind(uuid.to_string())
-    .bind(account.to_string())
-    .bind(webhook.to_string())
-    .bind(event_uuid)
-    .bind(row.try_get::<String, _>("event_type")?)
-    .bind(row.try_get::<String, _>("entity_type")?)
-    .bind(row.try_get::<String, _>("entity_uuid")?)
-    .bind(row.try_get::<i64, _>("entity_version")?)
-    .bind(attempts + 1)
-    .bind(to_micros(now))
-    .execute(conn)
-    .await?;
-    Ok(uuid)
+    let now_us = to_micros(now);
+    NewRequest {
+        account: &account.to_string(),
+        webhook: &webhook.to_string(),
+        event_uuid: &event_uuid,
+        event_type: &row.try_get::<String, _>("event_type")?,
+        entity_type: &row.try_get::<String, _>("entity_type")?,
+        entity_uuid: &row.try_get::<String, _>("entity_uuid")?,
+        entity_version: row.try_get("entity_version")?,
+        attempt_no: attempts + 1,
+        retry_no: 0,
+        send_at: now_us,
+        created_at: now_us,
+    }
+    .insert(conn)
+    .await
 }
 
 /// One attempt as the request log shows it (webhooks.md, "The request log").
