@@ -135,10 +135,11 @@ pub async fn set_status(
         WebhookStatus::Active => {
             "UPDATE webhooks SET status = 'active', suspended_at = NULL, suspension_reason = NULL, \
              consecutive_failures = 0, failing_since = NULL, next_probe_at = NULL, updated_at = $1 \
-             WHERE uuid = $2 AND account_uuid = $3 AND removed = 0"
+             WHERE uuid = $2 AND account_uuid = $3 AND removed = 0 AND kind = 'user'"
         }
         _ => {
-            "UPDATE webhooks SET status = 'paused', updated_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND removed = 0"
+            "UPDATE webhooks SET status = 'paused', updated_at = $1 \
+             WHERE uuid = $2 AND account_uuid = $3 AND removed = 0 AND kind = 'user'"
         }
     };
     let done = sqlx::query(sql)

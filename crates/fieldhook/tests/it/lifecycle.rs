@@ -291,6 +291,14 @@ async fn notifications_reach_the_push_gateway() {
     assert_eq!(n["job_uuid"], job);
     assert_eq!(n["kind"], "assigned");
     assert_eq!(got[1].body["event_type"], "assignee_notification");
-    // The gateway's webhook is internal: it does not show in the API.
+    // The gateway's webhook is internal: it does not show in the API, and
+    // the API cannot pause, resume or delete it.
     assert_eq!(app.get("/v2/webhooks").await.body["webhooks"], json!([]));
+    let push: String =
+        sqlx::query_scalar("SELECT uuid FROM webhooks WHERE kind = 'push'").fetch_one(&app.db.read).await.unwrap();
+    for action in ["pause", "resume"] {
+        assert_eq!(app.post(&format!("/v2/webhooks/{push}/{action}"), json!({})).await.status, 404, "{action}");
+    }
+    assert_eq!(app.get(&format!("/v2/webhooks/{push}")).await.status, 404);
+    assert_eq!(app.delete(&format!("/v2/webhooks/{push}")).await.status, 404);
 }
