@@ -4,6 +4,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Settings};
 use crate::domain::scope::Scopes;
 use crate::server::{self, Server};
+use crate::storage::sql;
 use crate::storage::{Db, OpenOptions, accounts};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -108,7 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .committer
                 .write(move |conn| {
                     Box::pin(async move {
-                        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE uuid = $1")
+                        let exists: i64 = sql::query_scalar("SELECT COUNT(*) FROM accounts WHERE uuid = $1")
                             .bind(account.to_string())
                             .fetch_one(&mut *conn)
                             .await?;

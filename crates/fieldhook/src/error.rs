@@ -104,6 +104,12 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<crate::storage::sql::SqlError> for Error {
+    fn from(e: crate::storage::sql::SqlError) -> Self {
+        Error::Internal(anyhow::Error::new(e))
+    }
+}
+
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         Error::Internal(anyhow::Error::new(e))

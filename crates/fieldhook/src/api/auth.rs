@@ -5,6 +5,7 @@
 use super::AppState;
 use crate::error::{Error, Result};
 use crate::storage::accounts::{self, Principal};
+use crate::storage::sql::Conn;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -118,12 +119,7 @@ impl TokenSigner {
     }
 
     /// The principal of a valid, unexpired token whose key is still live.
-    pub async fn verify(
-        &self,
-        token: &str,
-        now: DateTime<Utc>,
-        conn: &mut sqlx::AnyConnection,
-    ) -> Result<Option<Principal>> {
+    pub async fn verify(&self, token: &str, now: DateTime<Utc>, conn: &mut Conn) -> Result<Option<Principal>> {
         let Some((payload, sig)) = token.strip_prefix(TOKEN_PREFIX).and_then(|t| t.split_once('.')) else {
             return Ok(None);
         };

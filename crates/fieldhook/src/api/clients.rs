@@ -7,9 +7,9 @@ use crate::domain::client::{Client, ClientInput};
 use crate::domain::event::EventType;
 use crate::error::{Error, Result};
 use crate::storage::resources::count_refs;
+use crate::storage::sql::Conn;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::AnyConnection;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -31,7 +31,7 @@ impl ApiResource for Client {
     }
 
     async fn build(
-        _: &mut AnyConnection,
+        _: &mut Conn,
         _: Uuid,
         input: ClientInput,
         current: Option<&Client>,
@@ -44,7 +44,7 @@ impl ApiResource for Client {
         Ok((client, Vec::new()))
     }
 
-    async fn check_removable(conn: &mut AnyConnection, client: &Client) -> Result<()> {
+    async fn check_removable(conn: &mut Conn, client: &Client) -> Result<()> {
         if count_refs(conn, "sites", "client_uuid", client.uuid).await? > 0 {
             return Err(Error::Conflict("a site refers to this client; remove it first".into()));
         }

@@ -19,24 +19,24 @@ use crate::storage::notifications;
 use crate::storage::people::{JOB_TYPES, TEAMS, USERS};
 use crate::storage::resources::{Filter, Op, Param};
 use crate::storage::resources::{find, save};
+use crate::storage::sql::{self, Conn};
 use async_trait::async_trait;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use sqlx::AnyConnection;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// Hands out the next `serial_no` of the account. The row update also
 /// serialises concurrent job creation in one account on PostgreSQL.
-async fn next_serial(conn: &mut AnyConnection, account: Uuid) -> Result<i64> {
-    Ok(sqlx::query_scalar("UPDATE accounts SET job_serial = job_serial + 1 WHERE uuid = $1 RETURNING job_serial")
+async fn next_serial(conn: &mut Conn, account: Uuid) -> Result<i64> {
+    Ok(sql::query_scalar("UPDATE accounts SET job_serial = job_serial + 1 WHERE uuid = $1 RETURNING job_serial")
         .bind(account.to_string())
         .fetch_one(conn)
         .await?)
 }
 
-async fn resolve_refs(conn: &mut AnyConnection, account: Uuid, input: &mut JobInput) -> Result<ResolvedRefs> {
+async fn resolve_refs(conn: &mut Conn, account: Uuid, input: &mut JobInput) -> Result<ResolvedRefs> {
     let mut refs = ResolvedRefs::default();
     if let Some(job_type) = input.job_type.take() {
         refs.job_type = Some(match job_type {
@@ -102,7 +102,7 @@ impl ApiResource for Job {
     }
 
     async fn build(
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         account: Uuid,
         mut input: JobInput,
         current: Option<&Job>,
@@ -122,12 +122,12 @@ impl ApiResource for Job {
         Ok((job, if assigned { vec![EventType::JobAssigned] } else { Vec::new() }))
     }
 
-    async fn check_removable(_: &mut AnyConnection, _: &Job) -> Result<()> {
+    async fn check_removable(_: &mut Conn, _: &Job) -> Result<()> {
         Ok(())
     }
 
     async fn after_write(
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         account: Uuid,
         before: Option<&Job>,
         after: &Job,
@@ -144,12 +144,7 @@ impl ApiResource for Job {
 
 /// The event context of an action: when and where it happened, on whose
 /// behalf (webhooks.md, "The body").
-async fn action_context(
-    conn: &mut AnyConnection,
-    account: Uuid,
-    input: &ActionInput,
-    now: DateTime<Utc>,
-) -> Result<Context> {
+async fn action_context(conn: &mut Conn, account: Uuid, input: &ActionInput, now: DateTime<Utc>) -> Result<Context> {
     let mut ctx = Context::api(now);
     if let Some(at) = input.happened_at {
         ctx.happened_at = at;

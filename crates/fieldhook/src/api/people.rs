@@ -10,6 +10,7 @@ use crate::domain::people::{JobType, JobTypeInput, Team, TeamInput, User, UserIn
 use crate::error::{Error, Result};
 use crate::storage::people::{self, DocTable, JOB_TYPES, TEAMS, USERS};
 use crate::storage::resources::list_docs;
+use crate::storage::sql::Conn;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -211,7 +212,7 @@ pub struct TeamList {
     pub teams: Vec<Team>,
 }
 
-async fn check_workers(conn: &mut sqlx::AnyConnection, account: Uuid, team: &Team) -> Result<()> {
+async fn check_workers(conn: &mut Conn, account: Uuid, team: &Team) -> Result<()> {
     if people::count_users(conn, account, &team.worker_uuids).await? != team.worker_uuids.len() {
         return Err(Error::invalid("worker_uuids", "refers to a user that does not exist"));
     }

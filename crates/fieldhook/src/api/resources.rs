@@ -13,12 +13,12 @@ use crate::domain::event::{Context, EventType};
 use crate::error::{Error, Result};
 use crate::storage::events;
 use crate::storage::resources::{self, Filter, Stored};
+use crate::storage::sql::Conn;
 use async_trait::async_trait;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
-use sqlx::AnyConnection;
 use uuid::Uuid;
 
 /// What accompanies one write besides its body: the time, the request's
@@ -61,7 +61,7 @@ pub trait ApiResource: Stored {
     /// Builds the new state from the request: a new resource when `current`
     /// is `None`. Also returns the events that accompany the CRUD event.
     async fn build(
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         account: Uuid,
         input: Self::Input,
         current: Option<&Self>,
@@ -69,12 +69,12 @@ pub trait ApiResource: Stored {
     ) -> Result<(Self, Vec<EventType>)>;
 
     /// Refuses removal while something refers to the resource (409).
-    async fn check_removable(conn: &mut AnyConnection, resource: &Self) -> Result<()>;
+    async fn check_removable(conn: &mut Conn, resource: &Self) -> Result<()>;
 
     /// Work that goes with a change, in its transaction (jobs notify their
     /// assignees). `before` is `None` for a creation.
     async fn after_write(
-        _conn: &mut AnyConnection,
+        _conn: &mut Conn,
         _account: Uuid,
         _before: Option<&Self>,
         _after: &Self,
@@ -250,7 +250,7 @@ pub async fn history<R: ApiResource>(
 /// live resource of the account; `422` naming `field` when it is malformed
 /// or points at nothing. Also returns the target's stored document.
 pub async fn resolve_ref(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     kind: EntityKind,
     account: Uuid,
     field: &str,

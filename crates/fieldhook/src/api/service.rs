@@ -2,6 +2,7 @@
 //! `/metrics` (the OpenAPI document and `/docs` come with `/v2`).
 
 use super::AppState;
+use crate::storage::sql;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ async fn healthz() -> Response {
 
 /// The database answers.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.db.read).await {
+    match sql::query_scalar::<i64>("SELECT 1").fetch_one(&state.db.read).await {
         Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

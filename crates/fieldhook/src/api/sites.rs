@@ -8,9 +8,9 @@ use crate::domain::event::EventType;
 use crate::domain::site::{Site, SiteInput};
 use crate::error::{Error, Result};
 use crate::storage::resources::{Filter, Op, Param, count_refs};
+use crate::storage::sql::Conn;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::AnyConnection;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -32,7 +32,7 @@ impl ApiResource for Site {
     }
 
     async fn build(
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         account: Uuid,
         mut input: SiteInput,
         current: Option<&Site>,
@@ -48,7 +48,7 @@ impl ApiResource for Site {
         Ok((site, Vec::new()))
     }
 
-    async fn check_removable(conn: &mut AnyConnection, site: &Site) -> Result<()> {
+    async fn check_removable(conn: &mut Conn, site: &Site) -> Result<()> {
         if count_refs(conn, "jobs", "site_uuid", site.uuid).await? > 0 {
             return Err(Error::Conflict("a job refers to this site; remove it first".into()));
         }

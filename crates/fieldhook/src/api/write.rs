@@ -5,12 +5,12 @@
 use super::AppState;
 use crate::error::{Error, Result};
 use crate::storage::accounts::{self, Idempotency};
+use crate::storage::sql::Conn;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
-use sqlx::AnyConnection;
 use uuid::Uuid;
 
 /// A JSON answer whose body is already serialised (stored documents are
@@ -43,7 +43,7 @@ pub fn wrap_docs(key: &str, docs: &[String]) -> String {
 }
 
 pub type WriteOp =
-    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(StatusCode, serde_json::Value)>> + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<(StatusCode, serde_json::Value)>> + Send>;
 
 /// Runs a create. With an `Idempotency-Key`, a repeat of the same request
 /// within 24 h gets the first answer and creates nothing; the same key with

@@ -208,14 +208,17 @@ impl Engine {
             }
             Backend::Postgres => {
                 let mut conn = s.db.read.acquire().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                // A claim lost in a crash only means a resend: no fsync needed.
-                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-                let claimed =
-                    deliveries::claim(&mut tx, Backend::Postgres, target, limit, bound, now, probe, lease, &s.node)
-                        .await?;
-                tx.commit().await?;
-                Ok(claimed)
+                conn.execute_raw("BEGIN").await?;
+                let claimed = async {
+                    // A claim lost in a crash only means a resend: no fsync needed.
+                    conn.execute_raw("SET LOCAL synchronous_commit = off").await?;
+                    deliveries::claim(&mut conn, Backend::Postgres, target, limit, bound, now, probe, lease, &s.node)
+                        .await
+                }
+                .await;
+                // A pooled connection must not go back inside a transaction.
+                conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
+                claimed
             }
         }
     }

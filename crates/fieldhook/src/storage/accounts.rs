@@ -1,5 +1,6 @@
 //! Accounts, API keys, server settings and idempotency records.
 
+use super::sql::{self, Conn, Row};
 use crate::clock::to_micros;
 use crate::domain::scope::Scopes;
 use crate::error::{Error, Result};
@@ -9,7 +10,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, Row};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -47,9 +47,9 @@ pub struct NewApiKey {
     pub api_key: String,
 }
 
-pub async fn create_account(conn: &mut AnyConnection, name: &str, now: DateTime<Utc>) -> Result<Uuid> {
+pub async fn create_account(conn: &mut Conn, name: &str, now: DateTime<Utc>) -> Result<Uuid> {
     let uuid = Uuid::now_v7();
-    sqlx::query("INSERT INTO accounts (uuid, name, created_at) VALUES ($1, $2, $3)")
+    sql::query("INSERT INTO accounts (uuid, name, created_at) VALUES ($1, $2, $3)")
         .bind(uuid.to_string())
         .bind(name)
         .bind(to_micros(now))
@@ -58,12 +58,12 @@ pub async fn create_account(conn: &mut AnyConnection, name: &str, now: DateTime<
     Ok(uuid)
 }
 
-pub async fn account_count(conn: &mut AnyConnection) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM accounts").fetch_one(conn).await?)
+pub async fn account_count(conn: &mut Conn) -> Result<i64> {
+    Ok(sql::query_scalar("SELECT COUNT(*) FROM accounts").fetch_one(conn).await?)
 }
 
 pub async fn create_key(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     name: &str,
     scopes: &Scopes,
@@ -76,7 +76,7 @@ pub async fn create_key(
     raw.extend_from_slice(uuid.as_bytes());
     raw.extend_from_slice(&secret);
     let api_key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
-    sqlx::query(
+    sql::query(
         "INSERT INTO api_keys (uuid, account_uuid, name, scopes, secret_hash, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -93,7 +93,7 @@ pub async fn create_key(
 
 /// Checks a presented key. `None` for anything that is not a live key of
 /// this server: malformed, unknown, wrong secret, revoked.
-pub async fn authenticate(conn: &mut AnyConnection, presented: &str) -> Result<Option<Principal>> {
+pub async fn authenticate(conn: &mut Conn, presented: &str) -> Result<Option<Principal>> {
     let Some(encoded) = presented.strip_prefix(KEY_PREFIX) else { return Ok(None) };
     let Ok(raw) = URL_SAFE_NO_PAD.decode(encoded) else { return Ok(None) };
     if raw.len() != 48 {
@@ -101,7 +101,7 @@ pub async fn authenticate(conn: &mut AnyConnection, presented: &str) -> Result<O
     }
     let key_uuid = Uuid::from_slice(&raw[..16]).expect("16 bytes");
     let row =
-        sqlx::query("SELECT account_uuid, scopes, secret_hash FROM api_keys WHERE uuid = $1 AND revoked_at IS NULL")
+        sql::query("SELECT account_uuid, scopes, secret_hash FROM api_keys WHERE uuid = $1 AND revoked_at IS NULL")
             .bind(key_uuid.to_string())
             .fetch_optional(conn)
             .await?;
@@ -119,8 +119,8 @@ pub async fn authenticate(conn: &mut AnyConnection, presented: &str) -> Result<O
 }
 
 /// The principal of a key by uuid, if it is live (temporary tokens use this).
-pub async fn live_key(conn: &mut AnyConnection, key_uuid: Uuid) -> Result<Option<Principal>> {
-    let row = sqlx::query("SELECT account_uuid, scopes FROM api_keys WHERE uuid = $1 AND revoked_at IS NULL")
+pub async fn live_key(conn: &mut Conn, key_uuid: Uuid) -> Result<Option<Principal>> {
+    let row = sql::query("SELECT account_uuid, scopes FROM api_keys WHERE uuid = $1 AND revoked_at IS NULL")
         .bind(key_uuid.to_string())
         .fetch_optional(conn)
         .await?;
@@ -134,8 +134,8 @@ pub async fn live_key(conn: &mut AnyConnection, key_uuid: Uuid) -> Result<Option
     .transpose()
 }
 
-pub async fn list_keys(conn: &mut AnyConnection, account: Uuid) -> Result<Vec<ApiKeyInfo>> {
-    let rows = sqlx::query(
+pub async fn list_keys(conn: &mut Conn, account: Uuid) -> Result<Vec<ApiKeyInfo>> {
+    let rows = sql::query(
         "SELECT uuid, name, scopes, created_at, revoked_at FROM api_keys WHERE account_uuid = $1 ORDER BY uuid DESC",
     )
     .bind(account.to_string())
@@ -155,9 +155,9 @@ pub async fn list_keys(conn: &mut AnyConnection, account: Uuid) -> Result<Vec<Ap
 }
 
 /// Revokes a key of `account`; `false` when there is no such live key.
-pub async fn revoke_key(conn: &mut AnyConnection, account: Uuid, key: Uuid, now: DateTime<Utc>) -> Result<bool> {
+pub async fn revoke_key(conn: &mut Conn, account: Uuid, key: Uuid, now: DateTime<Utc>) -> Result<bool> {
     let done =
-        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND revoked_at IS NULL")
+        sql::query("UPDATE api_keys SET revoked_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND revoked_at IS NULL")
             .bind(to_micros(now))
             .bind(key.to_string())
             .bind(account.to_string())
@@ -167,13 +167,13 @@ pub async fn revoke_key(conn: &mut AnyConnection, account: Uuid, key: Uuid, now:
 }
 
 /// Reads a server setting.
-pub async fn setting(conn: &mut AnyConnection, name: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(conn).await?)
+pub async fn setting(conn: &mut Conn, name: &str) -> Result<Option<String>> {
+    Ok(sql::query_scalar("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(conn).await?)
 }
 
 /// Stores a setting unless it exists; returns the value in force.
-pub async fn setting_or_insert(conn: &mut AnyConnection, name: &str, value: &str) -> Result<String> {
-    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+pub async fn setting_or_insert(conn: &mut Conn, name: &str, value: &str) -> Result<String> {
+    sql::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
         .bind(name)
         .bind(value)
         .execute(&mut *conn)
@@ -200,13 +200,13 @@ pub enum Idempotency {
 /// # Errors
 /// `409 conflict` when the key was used with a different request.
 pub async fn idempotency_claim(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     key: &str,
     request_hash: &str,
     now: DateTime<Utc>,
 ) -> Result<Idempotency> {
-    let inserted = sqlx::query(
+    let inserted = sql::query(
         "INSERT INTO idempotency_keys (account_uuid, idem_key, request_hash, status, body, created_at) \
          VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (account_uuid, idem_key) DO NOTHING",
     )
@@ -219,7 +219,7 @@ pub async fn idempotency_claim(
     if inserted.rows_affected() == 1 {
         return Ok(Idempotency::Fresh);
     }
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT request_hash, status, body, created_at FROM idempotency_keys WHERE account_uuid = $1 AND idem_key = $2",
     )
     .bind(account.to_string())
@@ -229,7 +229,7 @@ pub async fn idempotency_claim(
     let created_at: i64 = row.try_get("created_at")?;
     if created_at < to_micros(now - IDEMPOTENCY_WINDOW) {
         // Expired: this use starts a new window.
-        sqlx::query("UPDATE idempotency_keys SET request_hash = $1, status = 0, body = '', created_at = $2 WHERE account_uuid = $3 AND idem_key = $4")
+        sql::query("UPDATE idempotency_keys SET request_hash = $1, status = 0, body = '', created_at = $2 WHERE account_uuid = $3 AND idem_key = $4")
             .bind(request_hash)
             .bind(to_micros(now))
             .bind(account.to_string())
@@ -245,14 +245,8 @@ pub async fn idempotency_claim(
 }
 
 /// Records the answer given to the request that claimed `key`.
-pub async fn idempotency_save(
-    conn: &mut AnyConnection,
-    account: Uuid,
-    key: &str,
-    status: u16,
-    body: &str,
-) -> Result<()> {
-    sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE account_uuid = $3 AND idem_key = $4")
+pub async fn idempotency_save(conn: &mut Conn, account: Uuid, key: &str, status: u16, body: &str) -> Result<()> {
+    sql::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE account_uuid = $3 AND idem_key = $4")
         .bind(i64::from(status))
         .bind(body)
         .bind(account.to_string())
@@ -263,7 +257,7 @@ pub async fn idempotency_save(
 }
 
 /// Reads a uuid stored as text.
-pub fn uuid_col(row: &sqlx::any::AnyRow, name: &str) -> Result<Uuid> {
+pub fn uuid_col(row: &Row, name: &str) -> Result<Uuid> {
     let s: String = row.try_get(name)?;
     Uuid::parse_str(&s).map_err(|e| Error::Internal(anyhow::anyhow!("bad uuid in column {name}: {e}")))
 }

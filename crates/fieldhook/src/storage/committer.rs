@@ -4,12 +4,18 @@
 //! one connection and commits (one fsync) for all of them. Each job runs in a
 //! savepoint, so one failing job rolls back only itself. A job's caller gets
 //! its answer only after the commit succeeded: acknowledged means durable.
+//!
+//! On SQLite the committer is an OS thread owning the one write connection:
+//! its statements run synchronously (see `sql` for why), and while it waits
+//! for an fsync the next batch gathers in the channel. On PostgreSQL it is a
+//! task on the runtime, as its statements are network round trips.
 
+use super::Backend;
+use super::sql::{Conn, SqlError};
 use crate::error::{Error, Result};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor};
+use sqlx::postgres::PgPool;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -22,10 +28,10 @@ const MAX_BATCH: usize = 512;
 /// how to answer its caller once the fate of the transaction is known.
 struct Ran {
     keep: bool,
-    answer: Box<dyn FnOnce(std::result::Result<(), Arc<sqlx::Error>>) + Send>,
+    answer: Box<dyn FnOnce(std::result::Result<(), Arc<SqlError>>) + Send>,
 }
 
-type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
+type Job = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Ran> + Send>;
 
 /// Handle to the committer task; cheap to clone.
 #[derive(Clone)]
@@ -37,13 +43,33 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer on a dedicated connection of `pool`. With
-    /// `notify` (PostgreSQL), every commit also sends `NOTIFY <channel>`, so
-    /// that the workers of other nodes wake at once.
-    pub fn start(pool: AnyPool, notify: Option<&'static str>) -> Self {
+    /// Starts the committer on a thread of its own that owns the SQLite
+    /// write connection `conn`.
+    pub fn start_sqlite(conn: Conn) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
-        tokio::spawn(run(pool, rx, committed.clone(), notify));
+        let signal = committed.clone();
+        // Jobs are async code whose SQLite statements never wait; the thread
+        // polls each batch to completion. Entering the runtime keeps any
+        // tokio type a job might touch working.
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("fieldhook-writer".into())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                run_sqlite(conn, rx, &signal);
+            })
+            .expect("spawning the SQLite writer thread");
+        Self { tx, committed }
+    }
+
+    /// Starts the committer on a dedicated connection of `pool`. Every
+    /// commit also sends `NOTIFY <channel>`, so that the workers of other
+    /// nodes wake at once.
+    pub fn start_postgres(pool: PgPool, channel: &'static str) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+        let committed = Arc::new(Notify::new());
+        tokio::spawn(run_postgres(pool, rx, committed.clone(), channel));
         Self { tx, committed }
     }
 
@@ -53,7 +79,7 @@ impl Committer {
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
@@ -80,21 +106,44 @@ impl Committer {
     }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>, notify: Option<&'static str>) {
-    let mut conn: Option<PoolConnection<Any>> = None;
+/// Takes the jobs waiting now, up to [`MAX_BATCH`], after `first`.
+fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Job>, committed: &Notify) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    while let Some(first) = rx.blocking_recv() {
+        gather(first, &mut rx, &mut batch);
+        match futures::executor::block_on(run_batch(&mut conn, &mut batch, None)) {
+            Ok(()) => committed.notify_waiters(),
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed");
+                if let Conn::Sqlite(c) = &conn
+                    && !c.is_autocommit()
+                {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
             }
         }
+    }
+}
+
+async fn run_postgres(pool: PgPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>, channel: &'static str) {
+    let mut conn: Option<Conn> = None;
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        gather(first, &mut rx, &mut batch);
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match pool.acquire().await {
-                Ok(c) => conn.insert(c),
+                Ok(c) => conn.insert(Conn::Postgres(c)),
                 Err(e) => {
                     // Dropping the jobs drops their reply channels: each caller
                     // gets an internal error, nothing was written.
@@ -105,13 +154,13 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>,
                 }
             },
         };
-        match run_batch(c, &mut batch, notify).await {
+        match run_batch(c, &mut batch, Some(channel)).await {
             Ok(()) => committed.notify_waiters(),
             Err(e) => {
                 // The connection may be broken: start the next batch on a new one.
                 tracing::error!(error = %e, "group commit failed");
-                if let Some(c) = conn.take() {
-                    let _ = c.detach().close().await;
+                if let Some(Conn::Postgres(c)) = conn.take() {
+                    let _ = sqlx::Connection::close(c.detach()).await;
                 }
             }
         }
@@ -119,20 +168,20 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>,
 }
 
 async fn run_batch(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     batch: &mut Vec<Job>,
     notify: Option<&'static str>,
-) -> std::result::Result<(), Arc<sqlx::Error>> {
+) -> std::result::Result<(), Arc<SqlError>> {
     let single = batch.len() == 1;
     let mut answers = Vec::with_capacity(batch.len());
-    let mut tx = match conn.begin().await {
-        Ok(tx) => tx,
-        Err(e) => {
-            batch.clear();
-            return Err(Arc::new(e));
-        }
-    };
-    let mut failure: Option<sqlx::Error> = None;
+    // IMMEDIATE takes SQLite's write lock up front, so a CLI command writing
+    // beside the server makes this wait (busy timeout) instead of failing.
+    let begin = if conn.backend() == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
+    if let Err(e) = conn.execute_raw(begin).await {
+        batch.clear();
+        return Err(Arc::new(e));
+    }
+    let mut failure: Option<SqlError> = None;
     for job in batch.drain(..) {
         if failure.is_some() {
             drop(job);
@@ -140,18 +189,18 @@ async fn run_batch(
         }
         // A lone job needs no savepoint: if it fails, the whole transaction
         // is rolled back, which is the same thing.
-        if !single && let Err(e) = tx.execute("SAVEPOINT job").await {
+        if !single && let Err(e) = conn.execute_raw("SAVEPOINT job").await {
             failure = Some(e);
             continue;
         }
-        let ran = job(&mut tx).await;
+        let ran = job(conn).await;
         let undo = if single {
             Ok(())
         } else if ran.keep {
-            tx.execute("RELEASE SAVEPOINT job").await.map(drop)
+            conn.execute_raw("RELEASE SAVEPOINT job").await
         } else {
-            match tx.execute("ROLLBACK TO SAVEPOINT job").await {
-                Ok(_) => tx.execute("RELEASE SAVEPOINT job").await.map(drop),
+            match conn.execute_raw("ROLLBACK TO SAVEPOINT job").await {
+                Ok(()) => conn.execute_raw("RELEASE SAVEPOINT job").await,
                 Err(e) => Err(e),
             }
         };
@@ -160,7 +209,7 @@ async fn run_batch(
         }
         if single && !ran.keep {
             // Nothing to commit; roll back and answer with the job's error.
-            let rolled = tx.rollback().await.map_err(Arc::new);
+            let rolled = conn.execute_raw("ROLLBACK").await.map_err(Arc::new);
             (ran.answer)(Ok(()));
             return rolled;
         }
@@ -168,16 +217,16 @@ async fn run_batch(
     }
     if failure.is_none()
         && let Some(channel) = notify
-        && let Err(e) = tx.execute(format!("NOTIFY {channel}").as_str()).await
+        && let Err(e) = conn.execute_raw(&format!("NOTIFY {channel}")).await
     {
         failure = Some(e);
     }
     let result = match failure {
         Some(e) => {
-            let _ = tx.rollback().await;
+            let _ = conn.execute_raw("ROLLBACK").await;
             Err(Arc::new(e))
         }
-        None => tx.commit().await.map_err(Arc::new),
+        None => conn.execute_raw("COMMIT").await.map_err(Arc::new),
     };
     for answer in answers {
         answer(result.clone());

@@ -4,11 +4,11 @@
 
 use super::Backend;
 use super::accounts::uuid_col;
+use super::sql::{self, Conn};
 use crate::clock::{from_micros, to_micros};
 use crate::domain::webhook::{Ordering, RetryPolicy, WebhookStatus};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
-use sqlx::{AnyConnection, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -27,8 +27,8 @@ pub struct Target {
 
 /// Webhooks to serve now: the active ones, and the suspended ones whose
 /// next probe is due.
-pub async fn targets(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<Vec<Target>> {
-    let rows = sqlx::query(
+pub async fn targets(conn: &mut Conn, now: DateTime<Utc>) -> Result<Vec<Target>> {
+    let rows = sql::query(
         "SELECT w.uuid, w.url, w.secret, w.signing_secret, w.ordering, w.status, w.created_by_key, \
          k.revoked_at AS key_revoked, k.uuid AS key_uuid \
          FROM webhooks w LEFT JOIN api_keys k ON k.uuid = w.created_by_key \
@@ -85,7 +85,7 @@ pub struct Due {
 /// across nodes; run it in a transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     backend: Backend,
     target: &Target,
     mut limit: i64,
@@ -98,11 +98,11 @@ pub async fn claim(
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
     if backend == Backend::Postgres {
-        sqlx::query("SELECT uuid FROM webhooks WHERE uuid = $1 FOR UPDATE")
+        sql::query("SELECT uuid FROM webhooks WHERE uuid = $1 FOR UPDATE")
             .bind(target.uuid.to_string())
             .execute(&mut *conn)
             .await?;
-        let leased: i64 = sqlx::query_scalar(
+        let leased: i64 = sql::query_scalar(
             "SELECT COUNT(*) FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
              AND claimed_until IS NOT NULL AND claimed_until >= $2",
         )
@@ -127,7 +127,7 @@ pub async fn claim(
         Backend::Postgres => " FOR UPDATE OF r SKIP LOCKED",
         Backend::Sqlite => "",
     };
-    let rows = sqlx::query(&format!(
+    let rows = sql::query(&format!(
         "SELECT r.uuid, r.account_uuid, r.event_uuid, r.event_type, r.entity_type, r.entity_uuid, r.entity_version, \
          r.attempt_no, r.retry_no, e.body, e.created_at FROM requests r \
          JOIN events e ON e.uuid = r.event_uuid \
@@ -165,7 +165,7 @@ pub async fn claim(
         let marks: Vec<String> = (0..due.len()).map(|i| format!("${}", i + 3)).collect();
         let sql =
             format!("UPDATE requests SET claimed_by = $1, claimed_until = $2 WHERE uuid IN ({})", marks.join(", "));
-        let mut q = sqlx::query(&sql).bind(node).bind(until);
+        let mut q = sql::query(&sql).bind(node).bind(until);
         for d in &due {
             q = q.bind(d.request.to_string());
         }
@@ -176,8 +176,8 @@ pub async fn claim(
 
 /// When the next scheduled request of an active webhook falls due, if any.
 /// One index probe per active webhook, never a scan of the backlog.
-pub async fn next_due_at(conn: &mut AnyConnection) -> Result<Option<DateTime<Utc>>> {
-    let next: Option<i64> = sqlx::query_scalar(
+pub async fn next_due_at(conn: &mut Conn) -> Result<Option<DateTime<Utc>>> {
+    let next: Option<i64> = sql::query_scalar(
         "SELECT MIN(next) FROM (SELECT (SELECT MIN(r.send_at) FROM requests r \
          WHERE r.webhook_uuid = w.uuid AND r.status = 'scheduled') AS next \
          FROM webhooks w WHERE w.status = 'active' AND w.removed = 0) AS per_webhook",
@@ -228,7 +228,7 @@ impl Attempt {
 /// attempt. `unit` draws jitter in [0, 1). A request already finished
 /// elsewhere (e.g. after a lost lease) is skipped.
 pub async fn record(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     attempts: &[Attempt],
     policy: &RetryPolicy,
     now: DateTime<Utc>,
@@ -256,7 +256,7 @@ pub async fn record(
             (false, Some(_)) => "failed",
             (false, None) => "exhausted",
         };
-        let done = sqlx::query(
+        let done = sql::query(
             "UPDATE requests SET status = 'sent', outcome = $1, sent_at = $2, request_time_ms = $3, \
              http_response_code = $4, http_response_headers = $5, http_response_body = $6, error_type = $7, \
              error_description = $8, claimed_by = NULL, claimed_until = NULL WHERE uuid = $9 AND status = 'scheduled'",
@@ -317,14 +317,14 @@ pub async fn record(
 /// Moves a webhook's failure streak on by a batch of results, suspending
 /// or reactivating it; writes only when something changed.
 async fn update_streak(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     webhook: Uuid,
     results: &[(bool, bool)],
     policy: &RetryPolicy,
     now: DateTime<Utc>,
 ) -> Result<()> {
     let id = webhook.to_string();
-    let row = sqlx::query("SELECT status, consecutive_failures, failing_since FROM webhooks WHERE uuid = $1")
+    let row = sql::query("SELECT status, consecutive_failures, failing_since FROM webhooks WHERE uuid = $1")
         .bind(&id)
         .fetch_one(&mut *conn)
         .await?;
@@ -364,7 +364,7 @@ async fn update_streak(
     match (was, status) {
         (WebhookStatus::Suspended, WebhookStatus::Active) => {
             // A probe answered: the webhook is back, its backlog due now.
-            sqlx::query(
+            sql::query(
                 "UPDATE webhooks SET status = 'active', suspended_at = NULL, suspension_reason = NULL, \
                  consecutive_failures = 0, failing_since = NULL, next_probe_at = NULL, updated_at = $1 WHERE uuid = $2",
             )
@@ -375,7 +375,7 @@ async fn update_streak(
             super::webhooks::make_pending_due(conn, webhook, now).await?;
         }
         (WebhookStatus::Active, WebhookStatus::Suspended) => {
-            sqlx::query(
+            sql::query(
                 "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2, status = 'suspended', \
                  suspended_at = $3, suspension_reason = $4, next_probe_at = $5, updated_at = $3 WHERE uuid = $6",
             )
@@ -391,7 +391,7 @@ async fn update_streak(
         _ if failures == 0 && was_failures == 0 && was_since.is_none() => {}
         _ => {
             let next_probe = (failures > 0).then_some(probe_at);
-            sqlx::query(
+            sql::query(
                 "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2, next_probe_at = $3 WHERE uuid = $4",
             )
             .bind(failures)
@@ -407,8 +407,8 @@ async fn update_streak(
 
 /// Hands back claims (graceful shutdown): the requests are due again at once
 /// for any node.
-pub async fn release(conn: &mut AnyConnection, node: &str) -> Result<()> {
-    sqlx::query(
+pub async fn release(conn: &mut Conn, node: &str) -> Result<()> {
+    sql::query(
         "UPDATE requests SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1 AND status = 'scheduled'",
     )
     .bind(node)
@@ -418,8 +418,8 @@ pub async fn release(conn: &mut AnyConnection, node: &str) -> Result<()> {
 }
 
 /// Deletes sent requests older than `before` (retention); returns how many.
-pub async fn prune(conn: &mut AnyConnection, before: DateTime<Utc>, limit: u64) -> Result<u64> {
-    let done = sqlx::query(
+pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: u64) -> Result<u64> {
+    let done = sql::query(
         "DELETE FROM requests WHERE uuid IN (SELECT uuid FROM requests WHERE status = 'sent' AND sent_at < $1 LIMIT $2)",
     )
     .bind(to_micros(before))
@@ -430,8 +430,8 @@ pub async fn prune(conn: &mut AnyConnection, before: DateTime<Utc>, limit: u64) 
 }
 
 /// Pending requests by state, and webhooks by status, for the gauges.
-pub async fn stats(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
-    let pending: Vec<(String, i64)> = sqlx::query_as(
+pub async fn stats(conn: &mut Conn, now: DateTime<Utc>) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+    let pending = sql::query(
         "SELECT CASE WHEN w.status <> 'active' THEN 'held' WHEN r.send_at <= $1 THEN 'due' ELSE 'retrying' END AS state, \
          COUNT(*) FROM requests r JOIN webhooks w ON w.uuid = r.webhook_uuid WHERE r.status = 'scheduled' \
          GROUP BY CASE WHEN w.status <> 'active' THEN 'held' WHEN r.send_at <= $1 THEN 'due' ELSE 'retrying' END",
@@ -439,9 +439,12 @@ pub async fn stats(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<(Vec<
     .bind(to_micros(now))
     .fetch_all(&mut *conn)
     .await?;
-    let webhooks: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, COUNT(*) FROM webhooks WHERE removed = 0 AND kind = 'user' GROUP BY status")
+    let webhooks =
+        sql::query("SELECT status, COUNT(*) AS n FROM webhooks WHERE removed = 0 AND kind = 'user' GROUP BY status")
             .fetch_all(conn)
             .await?;
-    Ok((pending, webhooks))
+    let pairs = |rows: Vec<sql::Row>| -> Result<Vec<(String, i64)>> {
+        rows.iter().map(|r| Ok((r.try_get(0usize)?, r.try_get(1usize)?))).collect()
+    };
+    Ok((pairs(pending)?, pairs(webhooks)?))
 }

@@ -3,24 +3,24 @@
 //! its change), and read back by the history endpoints and the delivery
 //! engine.
 
+use super::sql::{self, Conn};
 use crate::clock::to_micros;
 use crate::domain::event::Event;
 use crate::error::Result;
 use serde_json::{Map, Value};
-use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 /// Writes `event` to the outbox with one pending request for every webhook
 /// of the account that subscribes to its type.
-pub async fn record(conn: &mut AnyConnection, account: Uuid, event: &Event) -> Result<()> {
+pub async fn record(conn: &mut Conn, account: Uuid, event: &Event) -> Result<()> {
     record_only(conn, account, event).await?;
     super::webhooks::fan_out(conn, account, event).await?;
     Ok(())
 }
 
 /// Writes `event` without fanning it out (test events have one recipient).
-pub async fn record_only(conn: &mut AnyConnection, account: Uuid, event: &Event) -> Result<()> {
-    sqlx::query(
+pub async fn record_only(conn: &mut Conn, account: Uuid, event: &Event) -> Result<()> {
+    sql::query(
         "INSERT INTO events (uuid, account_uuid, event_type, entity_type, entity_uuid, entity_version, body, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -41,8 +41,8 @@ pub async fn record_only(conn: &mut AnyConnection, account: Uuid, event: &Event)
 /// One page of a resource's history, oldest first: each entry is the event
 /// body with its `version` added. The events of one version never straddle
 /// two pages, so a page may exceed `limit` by the rest of its last version.
-pub async fn history(conn: &mut AnyConnection, entity: Uuid, after_version: i64, limit: i64) -> Result<Vec<Value>> {
-    let rows = sqlx::query(
+pub async fn history(conn: &mut Conn, entity: Uuid, after_version: i64, limit: i64) -> Result<Vec<Value>> {
+    let rows = sql::query(
         "SELECT entity_version, body FROM events WHERE entity_uuid = $1 AND entity_version > $2 \
          ORDER BY entity_version, uuid LIMIT $3",
     )
@@ -62,7 +62,7 @@ pub async fn history(conn: &mut AnyConnection, entity: Uuid, after_version: i64,
         && let Some((version, seen)) = last
     {
         // Complete the last version with the events the limit cut off.
-        let rest = sqlx::query("SELECT body FROM events WHERE entity_uuid = $1 AND entity_version = $2 ORDER BY uuid")
+        let rest = sql::query("SELECT body FROM events WHERE entity_uuid = $1 AND entity_version = $2 ORDER BY uuid")
             .bind(entity.to_string())
             .bind(version)
             .fetch_all(conn)

@@ -1,7 +1,7 @@
-//! Storage: one narrow interface over SQLite (the embedded default) and
-//! PostgreSQL (scale-out). Both run the same portable SQL through sqlx's `Any`
-//! driver; the few statements that differ ask [`Backend`]. Writes go through
-//! the group [`Committer`]; reads use a pool of their own.
+//! Storage: one narrow interface ([`sql`]) over SQLite (the embedded
+//! default) and PostgreSQL (scale-out). Both run the same portable SQL; the
+//! few statements that differ ask [`Backend`]. Writes go through the group
+//! [`Committer`]; reads use a pool of their own.
 
 pub mod accounts;
 pub mod committer;
@@ -10,13 +10,15 @@ pub mod events;
 pub mod notifications;
 pub mod people;
 pub mod resources;
+pub mod sql;
 pub mod webhooks;
 
 pub use committer::Committer;
 
 use anyhow::{Context, bail};
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, AnyPool, Executor};
+use sql::{Conn, ReadPool, SqliteReaders};
+use sqlx::Connection;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::fs::File;
 use std::time::Duration;
 
@@ -41,7 +43,7 @@ pub struct Db {
     pub backend: Backend,
     /// The URL it was opened with (workers open a listener connection).
     pub url: String,
-    pub read: AnyPool,
+    pub read: ReadPool,
     pub committer: Committer,
     _lock: Option<std::sync::Arc<File>>,
 }
@@ -60,37 +62,36 @@ impl Db {
     /// When the URL is not understood, the database cannot be reached, or
     /// (with `exclusive`) another server already owns the SQLite file.
     pub async fn open(url: &str, options: OpenOptions) -> anyhow::Result<Db> {
-        sqlx::any::install_default_drivers();
-        let (backend, url, lock) = if let Some(path) = sqlite_path(url) {
-            if path.is_empty() {
-                bail!("FIELDHOOK_DATABASE_URL: sqlite:// needs a file path, e.g. sqlite://fieldhook.db");
-            }
-            let lock = if options.exclusive { Some(lock_sqlite(path)?) } else { None };
-            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"), lock)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_string(), None)
-        } else {
-            bail!("FIELDHOOK_DATABASE_URL must start with sqlite:// or postgres://, got {url:?}");
+        let lock = match sqlite_path(url) {
+            Some("") => bail!("FIELDHOOK_DATABASE_URL: sqlite:// needs a file path, e.g. sqlite://fieldhook.db"),
+            Some(path) if options.exclusive => Some(lock_sqlite(path)?),
+            _ => None,
         };
-
-        let (readers, writers) = match backend {
-            Backend::Sqlite => (4, 1),
-            Backend::Postgres => (16, 1),
-        };
-        let write = pool(backend, &url, writers).await?;
-        if backend == Backend::Sqlite {
+        if let Some(path) = sqlite_path(url) {
+            let writer = sql::open_sqlite(path).with_context(|| format!("opening {path}"))?;
             // WAL lets readers run beside the writer; it is a property of the
             // file, so setting it once on the writer is enough.
-            sqlx::raw_sql("PRAGMA journal_mode = WAL").execute(&write).await?;
+            writer.execute_batch("PRAGMA journal_mode = WAL").with_context(|| format!("opening {path}"))?;
+            let read = ReadPool::Sqlite(SqliteReaders::new(path).with_context(|| format!("opening {path}"))?);
+            return Ok(Db {
+                backend: Backend::Sqlite,
+                url: format!("sqlite://{path}"),
+                read,
+                committer: Committer::start_sqlite(Conn::Sqlite(writer)),
+                _lock: lock.map(std::sync::Arc::new),
+            });
         }
-        let read = pool(backend, &url, readers).await?;
-        let notify = (backend == Backend::Postgres).then_some(WAKE_CHANNEL);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("FIELDHOOK_DATABASE_URL must start with sqlite:// or postgres://, got {url:?}");
+        }
+        let write = pg_pool(url, 1).await?;
+        let read = pg_pool(url, 16).await?;
         Ok(Db {
-            backend,
-            url: url.clone(),
-            read,
-            committer: Committer::start(write, notify),
-            _lock: lock.map(std::sync::Arc::new),
+            backend: Backend::Postgres,
+            url: url.to_string(),
+            read: ReadPool::Postgres(read),
+            committer: Committer::start_postgres(write, WAKE_CHANNEL),
+            _lock: None,
         })
     }
 
@@ -101,7 +102,7 @@ impl Db {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&self.read).await.ok().flatten();
+            sql::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&self.read).await.ok().flatten();
         if let Some(applied) = applied
             && applied > known
         {
@@ -110,7 +111,18 @@ impl Db {
                  run a newer fieldhook or point it at another database"
             );
         }
-        MIGRATOR.run(&self.read).await.context("applying migrations")?;
+        match &self.read {
+            ReadPool::Postgres(pool) => MIGRATOR.run(pool).await.context("applying migrations")?,
+            ReadPool::Sqlite(_) => {
+                // The migrator speaks sqlx; it gets a connection of its own.
+                let path = sqlite_path(&self.url).unwrap_or_default();
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}?mode=rwc"))
+                    .await
+                    .with_context(|| format!("opening {path} for migrations"))?;
+                MIGRATOR.run(&mut conn).await.context("applying migrations")?;
+                conn.close().await?;
+            }
+        }
         Ok(())
     }
 
@@ -129,34 +141,25 @@ pub fn for_update(backend: Backend) -> &'static str {
 }
 
 /// The backend of a connection handed to a write job.
-pub fn backend_of(conn: &AnyConnection) -> Backend {
-    if conn.backend_name().eq_ignore_ascii_case("postgres") { Backend::Postgres } else { Backend::Sqlite }
+pub fn backend_of(conn: &Conn) -> Backend {
+    conn.backend()
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
     url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))
 }
 
-async fn pool(backend: Backend, url: &str, size: u32) -> anyhow::Result<AnyPool> {
+async fn pg_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
     // No ping before each acquire: a broken connection fails its query and
     // is replaced; the ping would double the round trips of every read.
-    let mut options = AnyPoolOptions::new()
+    PgPoolOptions::new()
         .test_before_acquire(false)
         .max_connections(size)
-        .min_connections(if backend == Backend::Sqlite { size } else { 1 })
-        .acquire_timeout(Duration::from_secs(10));
-    if backend == Backend::Sqlite {
-        options = options.after_connect(|conn, _| {
-            Box::pin(async move {
-                // FULL makes every commit durable (an fsync per group commit);
-                // the busy timeout covers CLI commands writing beside `serve`.
-                conn.execute("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON")
-                    .await?;
-                Ok(())
-            })
-        });
-    }
-    options.connect(url).await.with_context(|| format!("connecting to the database ({})", redact(url)))
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to the database ({})", redact(url)))
 }
 
 /// Holds an exclusive lock on `<path>.lock` for the life of the process.
@@ -190,14 +193,7 @@ fn redact(url: &str) -> String {
 }
 
 /// Whether `e` is a unique-constraint violation on an index or column whose
-/// name contains `needle`. PostgreSQL names the constraint; SQLite names the
-/// columns in its message — the index names contain the column names, so
-/// one needle matches both.
-pub fn unique_violation_on(e: &sqlx::Error, needle: &str) -> bool {
-    match e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            db.constraint().is_some_and(|c| c.contains(needle)) || db.message().contains(needle)
-        }
-        _ => false,
-    }
+/// name contains `needle`.
+pub fn unique_violation_on(e: &sql::SqlError, needle: &str) -> bool {
+    e.is_unique_violation_on(needle)
 }

@@ -4,6 +4,7 @@
 
 use super::accounts::uuid_col;
 use super::people::{TEAMS, USERS};
+use super::sql::{self, Conn};
 use super::webhooks::insert_request;
 use crate::clock::{from_micros, to_micros};
 use crate::domain::event::{Context, Event, EventType};
@@ -12,11 +13,10 @@ use crate::domain::notification::{Notification, NotificationKind};
 use crate::domain::people::{Team, User};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
-use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 /// The users an assignee stands for: the worker, or each worker of the team.
-pub async fn recipients(conn: &mut AnyConnection, account: Uuid, assignee: &Assignee) -> Result<Vec<User>> {
+pub async fn recipients(conn: &mut Conn, account: Uuid, assignee: &Assignee) -> Result<Vec<User>> {
     let uuids = match assignee {
         Assignee::Worker(w) => vec![w.uuid],
         Assignee::Team(t) => {
@@ -40,25 +40,25 @@ fn push_webhook_uuid(account: Uuid) -> Uuid {
 
 /// Points every push webhook at `url`, or holds them when none is set.
 /// Run at start, so a changed FIELDHOOK_PUSH_URL takes effect.
-pub async fn configure_push(conn: &mut AnyConnection, url: Option<&str>) -> Result<()> {
+pub async fn configure_push(conn: &mut Conn, url: Option<&str>) -> Result<()> {
     match url {
         Some(url) => {
-            sqlx::query("UPDATE webhooks SET url = $1, status = CASE WHEN status = 'paused' THEN 'active' ELSE status END WHERE kind = 'push'")
+            sql::query("UPDATE webhooks SET url = $1, status = CASE WHEN status = 'paused' THEN 'active' ELSE status END WHERE kind = 'push'")
                 .bind(url)
                 .execute(conn)
                 .await?
         }
-        None => sqlx::query("UPDATE webhooks SET status = 'paused' WHERE kind = 'push'").execute(conn).await?,
+        None => sql::query("UPDATE webhooks SET status = 'paused' WHERE kind = 'push'").execute(conn).await?,
     };
     Ok(())
 }
 
-async fn ensure_push_webhook(conn: &mut AnyConnection, account: Uuid, url: &str, now: DateTime<Utc>) -> Result<Uuid> {
+async fn ensure_push_webhook(conn: &mut Conn, account: Uuid, url: &str, now: DateTime<Utc>) -> Result<Uuid> {
     let uuid = push_webhook_uuid(account);
     use rand::RngCore;
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    sqlx::query(
+    sql::query(
         "INSERT INTO webhooks (uuid, account_uuid, url, event_types, signing_secret, ordering, status, created_by_key, \
          kind, created_at, updated_at) VALUES ($1, $2, $3, ',', $4, 'none', 'active', '', 'push', $5, $5) \
          ON CONFLICT (uuid) DO NOTHING",
@@ -76,7 +76,7 @@ async fn ensure_push_webhook(conn: &mut AnyConnection, account: Uuid, url: &str,
 /// Records one notification per recipient and, with a push gateway, one
 /// push request each — in the transaction of the job change.
 pub async fn notify(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     job: &Job,
     kind: NotificationKind,
@@ -87,7 +87,7 @@ pub async fn notify(
     let users = recipients(conn, account, assignee).await?;
     for user in &users {
         let n = Notification { uuid: Uuid::now_v7(), job_uuid: job.uuid, kind, created_at: now };
-        sqlx::query(
+        sql::query(
             "INSERT INTO notifications (uuid, account_uuid, user_uuid, job_uuid, kind, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(n.uuid.to_string())
@@ -114,8 +114,8 @@ pub async fn notify(
 }
 
 /// A user's notifications, newest first.
-pub async fn list(conn: &mut AnyConnection, user: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<Notification>> {
-    let rows = sqlx::query(
+pub async fn list(conn: &mut Conn, user: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<Notification>> {
+    let rows = sql::query(
         "SELECT uuid, job_uuid, kind, created_at FROM notifications WHERE user_uuid = $1 AND uuid < $2 \
          ORDER BY uuid DESC LIMIT $3",
     )

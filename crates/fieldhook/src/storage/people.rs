@@ -1,10 +1,10 @@
 //! Storage of users, teams and job types: unversioned documents with one
 //! unique column each (e-mail, team name, job type code).
 
+use super::sql::{self, Conn};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::AnyConnection;
 use uuid::Uuid;
 
 /// One of the unversioned tables and its unique column.
@@ -23,7 +23,7 @@ pub const JOB_TYPES: DocTable =
     DocTable { table: "job_types", unique: "code", taken_message: "is used by another job type" };
 
 impl DocTable {
-    fn taken(&self, e: sqlx::Error) -> Error {
+    fn taken(&self, e: sql::SqlError) -> Error {
         if super::unique_violation_on(&e, self.unique) {
             Error::invalid(self.unique, self.taken_message)
         } else {
@@ -31,14 +31,9 @@ impl DocTable {
         }
     }
 
-    pub async fn get<T: DeserializeOwned>(
-        &self,
-        conn: &mut AnyConnection,
-        account: Uuid,
-        uuid: Uuid,
-    ) -> Result<Option<T>> {
+    pub async fn get<T: DeserializeOwned>(&self, conn: &mut Conn, account: Uuid, uuid: Uuid) -> Result<Option<T>> {
         let doc: Option<String> =
-            sqlx::query_scalar(&format!("SELECT doc FROM {} WHERE uuid = $1 AND account_uuid = $2", self.table))
+            sql::query_scalar(&format!("SELECT doc FROM {} WHERE uuid = $1 AND account_uuid = $2", self.table))
                 .bind(uuid.to_string())
                 .bind(account.to_string())
                 .fetch_optional(conn)
@@ -48,11 +43,11 @@ impl DocTable {
 
     pub async fn get_by_unique<T: DeserializeOwned>(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         account: Uuid,
         value: &str,
     ) -> Result<Option<T>> {
-        let doc: Option<String> = sqlx::query_scalar(&format!(
+        let doc: Option<String> = sql::query_scalar(&format!(
             "SELECT doc FROM {} WHERE {} = $1 AND account_uuid = $2",
             self.table, self.unique
         ))
@@ -65,13 +60,13 @@ impl DocTable {
 
     pub async fn insert<T: Serialize>(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         account: Uuid,
         uuid: Uuid,
         unique: &str,
         doc: &T,
     ) -> Result<()> {
-        sqlx::query(&format!(
+        sql::query(&format!(
             "INSERT INTO {} (uuid, account_uuid, {}, doc) VALUES ($1, $2, $3, $4)",
             self.table, self.unique
         ))
@@ -87,13 +82,13 @@ impl DocTable {
 
     pub async fn update<T: Serialize>(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         account: Uuid,
         uuid: Uuid,
         unique: &str,
         doc: &T,
     ) -> Result<()> {
-        sqlx::query(&format!(
+        sql::query(&format!(
             "UPDATE {} SET {} = $1, doc = $2 WHERE uuid = $3 AND account_uuid = $4",
             self.table, self.unique
         ))
@@ -108,8 +103,8 @@ impl DocTable {
     }
 
     /// Deletes a row; `false` when there was none.
-    pub async fn delete(&self, conn: &mut AnyConnection, account: Uuid, uuid: Uuid) -> Result<bool> {
-        let done = sqlx::query(&format!("DELETE FROM {} WHERE uuid = $1 AND account_uuid = $2", self.table))
+    pub async fn delete(&self, conn: &mut Conn, account: Uuid, uuid: Uuid) -> Result<bool> {
+        let done = sql::query(&format!("DELETE FROM {} WHERE uuid = $1 AND account_uuid = $2", self.table))
             .bind(uuid.to_string())
             .bind(account.to_string())
             .execute(conn)
@@ -118,9 +113,9 @@ impl DocTable {
     }
 
     /// All documents of the account (teams are few per account).
-    pub async fn all<T: DeserializeOwned>(&self, conn: &mut AnyConnection, account: Uuid) -> Result<Vec<T>> {
+    pub async fn all<T: DeserializeOwned>(&self, conn: &mut Conn, account: Uuid) -> Result<Vec<T>> {
         let docs: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT doc FROM {} WHERE account_uuid = $1 ORDER BY uuid", self.table))
+            sql::query_scalar(&format!("SELECT doc FROM {} WHERE account_uuid = $1 ORDER BY uuid", self.table))
                 .bind(account.to_string())
                 .fetch_all(conn)
                 .await?;
@@ -129,12 +124,12 @@ impl DocTable {
 }
 
 /// How many users of `account` among `uuids` exist.
-pub async fn count_users(conn: &mut AnyConnection, account: Uuid, uuids: &[Uuid]) -> Result<usize> {
+pub async fn count_users(conn: &mut Conn, account: Uuid, uuids: &[Uuid]) -> Result<usize> {
     let mut n = 0;
     for chunk in uuids.chunks(200) {
         let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!("SELECT COUNT(*) FROM users WHERE account_uuid = $1 AND uuid IN ({})", marks.join(", "));
-        let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(account.to_string());
+        let mut q = sql::query_scalar::<i64>(&sql).bind(account.to_string());
         for u in chunk {
             q = q.bind(u.to_string());
         }
@@ -144,8 +139,8 @@ pub async fn count_users(conn: &mut AnyConnection, account: Uuid, uuids: &[Uuid]
 }
 
 /// How many unfinished, live jobs are assigned through `column` to `uuid`.
-pub async fn open_jobs_assigned(conn: &mut AnyConnection, column: &str, uuid: Uuid) -> Result<i64> {
-    Ok(sqlx::query_scalar(&format!(
+pub async fn open_jobs_assigned(conn: &mut Conn, column: &str, uuid: Uuid) -> Result<i64> {
+    Ok(sql::query_scalar(&format!(
         "SELECT COUNT(*) FROM jobs WHERE {column} = $1 AND removed = 0 AND status NOT IN ('finished', 'canceled')"
     ))
     .bind(uuid.to_string())

@@ -4,6 +4,7 @@
 
 use super::accounts::uuid_col;
 use super::events;
+use super::sql::{self, Conn, Query, SqlError};
 use crate::clock::to_micros;
 use crate::domain::client::Client;
 use crate::domain::event::{Change, Context, Event, EventType};
@@ -12,9 +13,6 @@ use crate::domain::site::Site;
 use crate::domain::{EntityKind, Resource};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, Row};
 use uuid::Uuid;
 
 /// A value bound to a query.
@@ -29,7 +27,7 @@ impl Param {
         Param::Text(u.map(|u| u.to_string()))
     }
 
-    fn bind<'q>(self, q: Query<'q, Any, AnyArguments<'q>>) -> Query<'q, Any, AnyArguments<'q>> {
+    fn bind(self, q: Query<'_>) -> Query<'_> {
         match self {
             Param::Text(v) => q.bind(v),
             Param::Int(v) => q.bind(v),
@@ -73,11 +71,11 @@ impl Stored for Job {
 
 /// Finds a live resource of `account` by uuid, else by external_id (api.md:
 /// "uuid is tried first"). `lock` takes a row lock for a following update.
-pub async fn find<R: Stored>(conn: &mut AnyConnection, account: Uuid, id: &str, lock: bool) -> Result<Option<R>> {
+pub async fn find<R: Stored>(conn: &mut Conn, account: Uuid, id: &str, lock: bool) -> Result<Option<R>> {
     let table = R::KIND.table();
     let lock = if lock { super::for_update(super::backend_of(conn)) } else { "" };
     if let Ok(uuid) = Uuid::parse_str(id) {
-        let doc: Option<String> = sqlx::query_scalar(&format!(
+        let doc: Option<String> = sql::query_scalar(&format!(
             "SELECT doc FROM {table} WHERE uuid = $1 AND account_uuid = $2 AND removed = 0{lock}"
         ))
         .bind(uuid.to_string())
@@ -88,7 +86,7 @@ pub async fn find<R: Stored>(conn: &mut AnyConnection, account: Uuid, id: &str, 
             return Ok(Some(serde_json::from_str(&doc)?));
         }
     }
-    let doc: Option<String> = sqlx::query_scalar(&format!(
+    let doc: Option<String> = sql::query_scalar(&format!(
         "SELECT doc FROM {table} WHERE external_id = $1 AND account_uuid = $2 AND removed = 0{lock}"
     ))
     .bind(id)
@@ -100,9 +98,9 @@ pub async fn find<R: Stored>(conn: &mut AnyConnection, account: Uuid, id: &str, 
 
 /// Whether a resource with this uuid ever existed in `account` (removed ones
 /// included): their history stays readable.
-pub async fn existed(conn: &mut AnyConnection, kind: EntityKind, account: Uuid, uuid: Uuid) -> Result<bool> {
+pub async fn existed(conn: &mut Conn, kind: EntityKind, account: Uuid, uuid: Uuid) -> Result<bool> {
     let n: i64 =
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {} WHERE uuid = $1 AND account_uuid = $2", kind.table()))
+        sql::query_scalar(&format!("SELECT COUNT(*) FROM {} WHERE uuid = $1 AND account_uuid = $2", kind.table()))
             .bind(uuid.to_string())
             .bind(account.to_string())
             .fetch_one(conn)
@@ -110,7 +108,7 @@ pub async fn existed(conn: &mut AnyConnection, kind: EntityKind, account: Uuid, 
     Ok(n > 0)
 }
 
-fn external_id_taken(e: sqlx::Error) -> Error {
+fn external_id_taken(e: SqlError) -> Error {
     if super::unique_violation_on(&e, "external_id") {
         Error::invalid("external_id", "is used by another entity")
     } else {
@@ -118,7 +116,7 @@ fn external_id_taken(e: sqlx::Error) -> Error {
     }
 }
 
-async fn insert<R: Stored>(conn: &mut AnyConnection, account: Uuid, r: &R) -> Result<()> {
+async fn insert<R: Stored>(conn: &mut Conn, account: Uuid, r: &R) -> Result<()> {
     let extra = r.columns();
     let mut cols = String::from("uuid, account_uuid, external_id, version, removed, doc, created_at, updated_at");
     let mut marks = String::from("$1, $2, $3, $4, 0, $5, $6, $6");
@@ -128,7 +126,7 @@ async fn insert<R: Stored>(conn: &mut AnyConnection, account: Uuid, r: &R) -> Re
         marks.push_str(&format!(", ${}", i + 7));
     }
     let sql = format!("INSERT INTO {} ({cols}) VALUES ({marks})", R::KIND.table());
-    let mut q = sqlx::query(&sql)
+    let mut q = sql::query(&sql)
         .bind(r.uuid().to_string())
         .bind(account.to_string())
         .bind(r.external_id().map(str::to_string))
@@ -142,14 +140,14 @@ async fn insert<R: Stored>(conn: &mut AnyConnection, account: Uuid, r: &R) -> Re
     Ok(())
 }
 
-async fn update<R: Stored>(conn: &mut AnyConnection, account: Uuid, r: &R, removed: bool) -> Result<()> {
+async fn update<R: Stored>(conn: &mut Conn, account: Uuid, r: &R, removed: bool) -> Result<()> {
     let extra = r.columns();
     let mut sets = String::from("external_id = $3, version = $4, removed = $5, doc = $6, updated_at = $7");
     for (i, (c, _)) in extra.iter().enumerate() {
         sets.push_str(&format!(", {c} = ${}", i + 8));
     }
     let sql = format!("UPDATE {} SET {sets} WHERE uuid = $1 AND account_uuid = $2", R::KIND.table());
-    let mut q = sqlx::query(&sql)
+    let mut q = sql::query(&sql)
         .bind(r.uuid().to_string())
         .bind(account.to_string())
         .bind(r.external_id().map(str::to_string))
@@ -167,7 +165,7 @@ async fn update<R: Stored>(conn: &mut AnyConnection, account: Uuid, r: &R, remov
 /// Writes the CRUD event of `change`, then `extra` events, all at the
 /// resource's current version.
 async fn record_events<R: Stored>(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     r: &R,
     change: Change,
@@ -185,7 +183,7 @@ async fn record_events<R: Stored>(
 
 /// Stores a new resource (version 1) with its `*_created` event and `extra`.
 pub async fn create<R: Stored>(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     r: &R,
     ctx: &Context,
@@ -199,7 +197,7 @@ pub async fn create<R: Stored>(
 /// `*_updated` event and `extra` — unless nothing changed, in which case
 /// nothing is written and `None` comes back.
 pub async fn save<R: Stored>(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     old: &R,
     mut new: R,
@@ -219,7 +217,7 @@ pub async fn save<R: Stored>(
 /// Removes a resource: its last snapshot gets the next version and the
 /// `*_removed` event; it leaves lists and frees its external_id.
 pub async fn remove<R: Stored>(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     mut r: R,
     ctx: &Context,
@@ -246,8 +244,8 @@ pub fn check_version<R: Resource>(current: &R, expected: Option<i64>) -> Result<
 }
 
 /// How many live resources of `table` refer to `uuid` through `column`.
-pub async fn count_refs(conn: &mut AnyConnection, table: &str, column: &str, uuid: Uuid) -> Result<i64> {
-    Ok(sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1 AND removed = 0"))
+pub async fn count_refs(conn: &mut Conn, table: &str, column: &str, uuid: Uuid) -> Result<i64> {
+    Ok(sql::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1 AND removed = 0"))
         .bind(uuid.to_string())
         .fetch_one(conn)
         .await?)
@@ -280,7 +278,7 @@ pub struct Page {
 /// Lists the documents of a table (live rows of `account`), newest first.
 /// `table` and filter columns are fixed by the caller, never user input.
 pub async fn list_docs(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     table: &'static str,
     account: Uuid,
     has_removed: bool,
@@ -323,7 +321,7 @@ pub async fn list_docs(
     }
     let m = mark(&mut params, Param::Int(Some(page.limit)));
     sql.push_str(&format!(" ORDER BY uuid DESC LIMIT {m}"));
-    let mut q = sqlx::query(&sql);
+    let mut q = sql::query(&sql);
     for p in params {
         q = p.bind(q);
     }
@@ -333,7 +331,7 @@ pub async fn list_docs(
 
 /// The uuid and external_id of a live resource, for references.
 pub async fn reference(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     kind: EntityKind,
     account: Uuid,
     by_uuid: Option<Uuid>,
@@ -344,7 +342,7 @@ pub async fn reference(
         (None, Some(e)) => ("external_id", e.to_string()),
         (None, None) => return Ok(None),
     };
-    let row = sqlx::query(&format!(
+    let row = sql::query(&format!(
         "SELECT uuid, external_id, doc FROM {} WHERE {column} = $1 AND account_uuid = $2 AND removed = 0",
         kind.table()
     ))

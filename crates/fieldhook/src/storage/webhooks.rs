@@ -2,21 +2,20 @@
 //! the request log as the API lists it.
 
 use super::accounts::uuid_col;
+use super::sql::{self, Conn, Row};
 use crate::clock::{from_micros, to_micros};
 use crate::domain::event::Event;
 use crate::domain::webhook::{Ordering, Webhook, WebhookStatus};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 const WEBHOOK_COLUMNS: &str = "uuid, url, event_types, secret, signing_secret, ordering, status, suspended_at, \
      suspension_reason, created_at, updated_at";
 
-fn webhook_from_row(row: &AnyRow) -> Result<Webhook> {
+fn webhook_from_row(row: &Row) -> Result<Webhook> {
     let types: String = row.try_get("event_types")?;
     Ok(Webhook {
         uuid: uuid_col(row, "uuid")?,
@@ -39,8 +38,8 @@ fn stored_types(types: &[String]) -> String {
     format!(",{},", types.join(","))
 }
 
-pub async fn insert(conn: &mut AnyConnection, account: Uuid, created_by_key: Uuid, w: &Webhook) -> Result<()> {
-    sqlx::query(
+pub async fn insert(conn: &mut Conn, account: Uuid, created_by_key: Uuid, w: &Webhook) -> Result<()> {
+    sql::query(
         "INSERT INTO webhooks (uuid, account_uuid, url, event_types, secret, signing_secret, ordering, status, \
          created_by_key, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
@@ -61,8 +60,8 @@ pub async fn insert(conn: &mut AnyConnection, account: Uuid, created_by_key: Uui
 }
 
 /// Saves the user-editable fields of a webhook.
-pub async fn update(conn: &mut AnyConnection, account: Uuid, w: &Webhook) -> Result<()> {
-    sqlx::query(
+pub async fn update(conn: &mut Conn, account: Uuid, w: &Webhook) -> Result<()> {
+    sql::query(
         "UPDATE webhooks SET url = $1, event_types = $2, secret = $3, ordering = $4, updated_at = $5 \
          WHERE uuid = $6 AND account_uuid = $7",
     )
@@ -78,8 +77,8 @@ pub async fn update(conn: &mut AnyConnection, account: Uuid, w: &Webhook) -> Res
     Ok(())
 }
 
-pub async fn get(conn: &mut AnyConnection, account: Uuid, uuid: Uuid) -> Result<Option<Webhook>> {
-    let row = sqlx::query(&format!(
+pub async fn get(conn: &mut Conn, account: Uuid, uuid: Uuid) -> Result<Option<Webhook>> {
+    let row = sql::query(&format!(
         "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE uuid = $1 AND account_uuid = $2 AND removed = 0 AND kind = 'user'"
     ))
     .bind(uuid.to_string())
@@ -89,8 +88,8 @@ pub async fn get(conn: &mut AnyConnection, account: Uuid, uuid: Uuid) -> Result<
     row.as_ref().map(webhook_from_row).transpose()
 }
 
-pub async fn list(conn: &mut AnyConnection, account: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<Webhook>> {
-    let rows = sqlx::query(&format!(
+pub async fn list(conn: &mut Conn, account: Uuid, after: Option<Uuid>, limit: i64) -> Result<Vec<Webhook>> {
+    let rows = sql::query(&format!(
         "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE account_uuid = $1 AND removed = 0 AND kind = 'user' AND uuid < $2 \
          ORDER BY uuid DESC LIMIT $3"
     ))
@@ -103,8 +102,8 @@ pub async fn list(conn: &mut AnyConnection, account: Uuid, after: Option<Uuid>, 
 }
 
 /// Removes a webhook; its scheduled requests are dropped.
-pub async fn remove(conn: &mut AnyConnection, account: Uuid, uuid: Uuid, now: DateTime<Utc>) -> Result<bool> {
-    let done = sqlx::query(
+pub async fn remove(conn: &mut Conn, account: Uuid, uuid: Uuid, now: DateTime<Utc>) -> Result<bool> {
+    let done = sql::query(
         "UPDATE webhooks SET removed = 1, updated_at = $1 WHERE uuid = $2 AND account_uuid = $3 AND removed = 0 AND kind = 'user'",
     )
     .bind(to_micros(now))
@@ -115,7 +114,7 @@ pub async fn remove(conn: &mut AnyConnection, account: Uuid, uuid: Uuid, now: Da
     if done.rows_affected() == 0 {
         return Ok(false);
     }
-    sqlx::query("DELETE FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled'")
+    sql::query("DELETE FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled'")
         .bind(uuid.to_string())
         .execute(conn)
         .await?;
@@ -125,7 +124,7 @@ pub async fn remove(conn: &mut AnyConnection, account: Uuid, uuid: Uuid, now: Da
 /// Pauses a webhook, or lifts a pause or a suspension (`Active`): then the
 /// failure streak is forgotten and every pending request is due now.
 pub async fn set_status(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     uuid: Uuid,
     status: WebhookStatus,
@@ -142,7 +141,7 @@ pub async fn set_status(
              WHERE uuid = $2 AND account_uuid = $3 AND removed = 0 AND kind = 'user'"
         }
     };
-    let done = sqlx::query(sql)
+    let done = sql::query(sql)
         .bind(to_micros(now))
         .bind(uuid.to_string())
         .bind(account.to_string())
@@ -158,8 +157,8 @@ pub async fn set_status(
 }
 
 /// Every pending request of the webhook becomes due now.
-pub async fn make_pending_due(conn: &mut AnyConnection, webhook: Uuid, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE requests SET send_at = $1 WHERE webhook_uuid = $2 AND status = 'scheduled' AND send_at > $1")
+pub async fn make_pending_due(conn: &mut Conn, webhook: Uuid, now: DateTime<Utc>) -> Result<()> {
+    sql::query("UPDATE requests SET send_at = $1 WHERE webhook_uuid = $2 AND status = 'scheduled' AND send_at > $1")
         .bind(to_micros(now))
         .bind(webhook.to_string())
         .execute(conn)
@@ -169,9 +168,9 @@ pub async fn make_pending_due(conn: &mut AnyConnection, webhook: Uuid, now: Date
 
 /// Writes one pending request (attempt 1, due now) for every webhook of the
 /// account subscribed to the event. Runs in the event's transaction.
-pub async fn fan_out(conn: &mut AnyConnection, account: Uuid, event: &Event) -> Result<usize> {
+pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<usize> {
     let subscribers: Vec<String> =
-        sqlx::query_scalar("SELECT uuid FROM webhooks WHERE account_uuid = $1 AND removed = 0 AND event_types LIKE $2")
+        sql::query_scalar("SELECT uuid FROM webhooks WHERE account_uuid = $1 AND removed = 0 AND event_types LIKE $2")
             .bind(account.to_string())
             .bind(format!("%,{},%", event.event_type.name()))
             .fetch_all(&mut *conn)
@@ -200,9 +199,9 @@ pub(crate) struct NewRequest<'a> {
 }
 
 impl NewRequest<'_> {
-    pub(crate) async fn insert(&self, conn: &mut AnyConnection) -> Result<Uuid> {
+    pub(crate) async fn insert(&self, conn: &mut Conn) -> Result<Uuid> {
         let uuid = Uuid::now_v7();
-        sqlx::query(
+        sql::query(
             "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, entity_uuid, \
              entity_version, attempt_no, retry_no, status, send_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12)",
@@ -227,7 +226,7 @@ impl NewRequest<'_> {
 
 /// The first attempt of `event` for `webhook`, due at `send_at`.
 pub(crate) async fn insert_request(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     account: Uuid,
     webhook: &str,
     event: &Event,
@@ -252,21 +251,15 @@ pub(crate) async fn insert_request(
 }
 
 /// Records a test event for one webhook and its request; returns the request.
-pub async fn record_test(conn: &mut AnyConnection, account: Uuid, webhook: Uuid, event: &Event) -> Result<Uuid> {
+pub async fn record_test(conn: &mut Conn, account: Uuid, webhook: Uuid, event: &Event) -> Result<Uuid> {
     super::events::record_only(conn, account, event).await?;
     insert_request(conn, account, &webhook.to_string(), event, 1, to_micros(event.created_at)).await
 }
 
 /// A new request delivering the event of `request` again, now, with a fresh
 /// retry budget.
-pub async fn resend(
-    conn: &mut AnyConnection,
-    account: Uuid,
-    webhook: Uuid,
-    request: Uuid,
-    now: DateTime<Utc>,
-) -> Result<Uuid> {
-    let row = sqlx::query(
+pub async fn resend(conn: &mut Conn, account: Uuid, webhook: Uuid, request: Uuid, now: DateTime<Utc>) -> Result<Uuid> {
+    let row = sql::query(
         "SELECT event_uuid, event_type, entity_type, entity_uuid, entity_version FROM requests \
          WHERE uuid = $1 AND webhook_uuid = $2 AND account_uuid = $3",
     )
@@ -278,7 +271,7 @@ pub async fn resend(
     .ok_or(Error::NotFound("request"))?;
     let event_uuid: String = row.try_get("event_uuid")?;
     let attempts: i64 =
-        sqlx::query_scalar("SELECT MAX(attempt_no) FROM requests WHERE event_uuid = $1 AND webhook_uuid = $2")
+        sql::query_scalar("SELECT MAX(attempt_no) FROM requests WHERE event_uuid = $1 AND webhook_uuid = $2")
             .bind(&event_uuid)
             .bind(webhook.to_string())
             .fetch_one(&mut *conn)
@@ -336,7 +329,7 @@ const LOG_COLUMNS: &str = "r.uuid, r.event_uuid, r.event_type, r.entity_type, r.
      r.attempt_no, r.status, e.body, r.http_response_code, r.http_response_headers, r.http_response_body, r.send_at, \
      r.sent_at, r.request_time_ms, r.error_type, r.error_description";
 
-fn log_from_row(row: &AnyRow) -> Result<RequestLog> {
+fn log_from_row(row: &Row) -> Result<RequestLog> {
     Ok(RequestLog {
         uuid: uuid_col(row, "uuid")?,
         event_uuid: uuid_col(row, "event_uuid")?,
@@ -371,7 +364,7 @@ pub enum RequestFilter {
 }
 
 pub async fn list_requests(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     webhook: Uuid,
     filter: RequestFilter,
     after: Option<Uuid>,
@@ -382,7 +375,7 @@ pub async fn list_requests(
         RequestFilter::Scheduled => " AND r.status = 'scheduled'",
         RequestFilter::Failed => " AND r.outcome = 'exhausted'",
     };
-    let rows = sqlx::query(&format!(
+    let rows = sql::query(&format!(
         "SELECT {LOG_COLUMNS} FROM requests r JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.uuid < $2{condition} ORDER BY r.uuid DESC LIMIT $3"
     ))
@@ -394,8 +387,8 @@ pub async fn list_requests(
     rows.iter().map(log_from_row).collect()
 }
 
-pub async fn get_request(conn: &mut AnyConnection, webhook: Uuid, request: Uuid) -> Result<Option<RequestLog>> {
-    let row = sqlx::query(&format!(
+pub async fn get_request(conn: &mut Conn, webhook: Uuid, request: Uuid) -> Result<Option<RequestLog>> {
+    let row = sql::query(&format!(
         "SELECT {LOG_COLUMNS} FROM requests r JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.uuid = $2"
     ))

@@ -419,10 +419,11 @@ async fn the_test_event_and_deleting_a_webhook(app: TestApp) {
     app.create("jobs", json!({})).await;
     assert_eq!(app.delete(&format!("/v2/webhooks/{hook}")).await.status, 204);
     assert_eq!(app.get(&format!("/v2/webhooks/{hook}")).await.status, 404);
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE status = 'scheduled'")
-        .fetch_one(&app.db.read)
-        .await
-        .unwrap();
+    let pending: i64 =
+        fieldhook::storage::sql::query_scalar("SELECT COUNT(*) FROM requests WHERE status = 'scheduled'")
+            .fetch_one(&app.db.read)
+            .await
+            .unwrap();
     assert_eq!(pending, 0);
     let types = app.get("/v2/event_types").await.body;
     let names: Vec<_> = types["event_types"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();

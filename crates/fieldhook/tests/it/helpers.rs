@@ -214,14 +214,14 @@ impl TestApp {
 
     /// Events in the outbox for one entity, as (event_type, version).
     pub async fn outbox(&self, entity_uuid: &str) -> Vec<(String, i64)> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
+        let rows = fieldhook::storage::sql::query(
             "SELECT event_type, entity_version FROM events WHERE entity_uuid = $1 ORDER BY entity_version, uuid",
         )
         .bind(entity_uuid)
         .fetch_all(&self.db.read)
         .await
         .unwrap();
-        rows
+        rows.iter().map(|r| (r.try_get("event_type").unwrap(), r.try_get("entity_version").unwrap())).collect()
     }
 
     /// Moves the clock on and lets the delivery engine look at the queue.
@@ -279,7 +279,7 @@ impl TestApp {
     }
 
     pub async fn outbox_total(&self) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&self.db.read).await.unwrap()
+        fieldhook::storage::sql::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&self.db.read).await.unwrap()
     }
 }
 

@@ -294,8 +294,10 @@ async fn notifications_reach_the_push_gateway() {
     // The gateway's webhook is internal: it does not show in the API, and
     // the API cannot pause, resume or delete it.
     assert_eq!(app.get("/v2/webhooks").await.body["webhooks"], json!([]));
-    let push: String =
-        sqlx::query_scalar("SELECT uuid FROM webhooks WHERE kind = 'push'").fetch_one(&app.db.read).await.unwrap();
+    let push: String = fieldhook::storage::sql::query_scalar("SELECT uuid FROM webhooks WHERE kind = 'push'")
+        .fetch_one(&app.db.read)
+        .await
+        .unwrap();
     for action in ["pause", "resume"] {
         assert_eq!(app.post(&format!("/v2/webhooks/{push}/{action}"), json!({})).await.status, 404, "{action}");
     }

@@ -19,7 +19,7 @@ async fn each_change_writes_exactly_one_crud_event_with_the_full_snapshot(app: T
         vec![("site_created".into(), 1), ("site_updated".into(), 2), ("site_removed".into(), 3)]
     );
     let bodies: Vec<String> =
-        sqlx::query_scalar("SELECT body FROM events WHERE entity_uuid = $1 ORDER BY entity_version")
+        fieldhook::storage::sql::query_scalar("SELECT body FROM events WHERE entity_uuid = $1 ORDER BY entity_version")
             .bind(&site)
             .fetch_all(&app.db.read)
             .await
@@ -33,7 +33,7 @@ async fn each_change_writes_exactly_one_crud_event_with_the_full_snapshot(app: T
     // The snapshot is what GET returned at that version.
     let job = app.create("jobs", json!({"description": "d"})).await;
     let got = app.get(&format!("/v2/jobs/{job}")).await.body["job"].clone();
-    let body: String = sqlx::query_scalar("SELECT body FROM events WHERE entity_uuid = $1")
+    let body: String = fieldhook::storage::sql::query_scalar("SELECT body FROM events WHERE entity_uuid = $1")
         .bind(&job)
         .fetch_one(&app.db.read)
         .await

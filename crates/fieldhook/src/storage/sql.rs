@@ -1,0 +1,629 @@
+//! The narrow SQL interface every storage module writes against: `query`,
+//! `bind`, `fetch_*`, `execute`, over a [`Conn`] that is either SQLite or
+//! PostgreSQL. The SQL is the same portable text for both (`$N` parameters,
+//! BIGINT and TEXT columns).
+//!
+//! Why not sqlx for SQLite as well: sqlx runs each SQLite connection on a
+//! worker thread of its own and hands every statement over a channel, two
+//! context switches per statement. A job create is half a dozen statements
+//! on the single writer, so the hand-offs, not SQLite, capped durable writes
+//! near 2,300/s (docs/benchmarks.md has the profile). Here SQLite runs through
+//! rusqlite synchronously on the calling thread: the group committer owns a
+//! thread of its own (see `committer`), and reads — single-row look-ups and
+//! bounded pages, microseconds each — run inline on the runtime's threads.
+//! PostgreSQL keeps sqlx's native driver: its statements are network round
+//! trips, which async does well.
+
+use super::Backend;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgPool, PgRow, Postgres};
+use sqlx::{Arguments, Column, Executor, Row as _, TypeInfo};
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+
+/// Prepared statements kept per SQLite connection. The server has a few
+/// dozen distinct statements; a miss only costs a re-prepare.
+const STATEMENT_CACHE: usize = 256;
+
+/// Idle SQLite read connections kept for reuse.
+const IDLE_READERS: usize = 16;
+
+/// A failed statement.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The database refused the statement (constraint, syntax, busy …).
+    #[error("database: {message}")]
+    Database { message: String, unique_violation: bool, constraint: Option<String> },
+    /// `fetch_one` found nothing.
+    #[error("the query returned no row")]
+    RowNotFound,
+    /// A column is missing or does not hold the type asked for.
+    #[error("column {column}: {problem}")]
+    Decode { column: String, problem: String },
+    /// Connection, pool or protocol trouble (PostgreSQL).
+    #[error(transparent)]
+    Driver(sqlx::Error),
+}
+
+impl SqlError {
+    /// Whether this is a unique-constraint violation on an index or column
+    /// whose name contains `needle`. PostgreSQL names the constraint; SQLite
+    /// names the columns in its message — the index names contain the column
+    /// names, so one needle matches both.
+    pub fn is_unique_violation_on(&self, needle: &str) -> bool {
+        match self {
+            SqlError::Database { unique_violation: true, message, constraint } => {
+                constraint.as_deref().is_some_and(|c| c.contains(needle)) || message.contains(needle)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<sqlx::Error> for SqlError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) => SqlError::Database {
+                message: db.message().to_string(),
+                unique_violation: db.is_unique_violation(),
+                constraint: db.constraint().map(str::to_string),
+            },
+            sqlx::Error::RowNotFound => SqlError::RowNotFound,
+            other => SqlError::Driver(other),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for SqlError {
+    fn from(e: rusqlite::Error) -> Self {
+        let unique_violation = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        );
+        SqlError::Database { message: e.to_string(), unique_violation, constraint: None }
+    }
+}
+
+pub type SqlResult<T> = std::result::Result<T, SqlError>;
+
+/// The type of a NULL: PostgreSQL wants one for every parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Int,
+    Text,
+}
+
+/// A parameter or column value. The schema has only BIGINT and TEXT columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Text(String),
+    Real(f64),
+    Null(Kind),
+}
+
+/// What `bind` accepts.
+pub trait Bind {
+    const KIND: Kind;
+    fn into_value(self) -> Value;
+}
+
+macro_rules! bind_int {
+    ($($t:ty),*) => {$(
+        impl Bind for $t {
+            const KIND: Kind = Kind::Int;
+            fn into_value(self) -> Value {
+                Value::Int(i64::from(self))
+            }
+        }
+    )*};
+}
+bind_int!(i64, i32, u32, u16, bool);
+
+impl Bind for String {
+    const KIND: Kind = Kind::Text;
+    fn into_value(self) -> Value {
+        Value::Text(self)
+    }
+}
+
+impl Bind for &str {
+    const KIND: Kind = Kind::Text;
+    fn into_value(self) -> Value {
+        Value::Text(self.to_string())
+    }
+}
+
+impl Bind for &String {
+    const KIND: Kind = Kind::Text;
+    fn into_value(self) -> Value {
+        Value::Text(self.clone())
+    }
+}
+
+impl<T: Bind> Bind for Option<T> {
+    const KIND: Kind = T::KIND;
+    fn into_value(self) -> Value {
+        self.map_or(Value::Null(T::KIND), Bind::into_value)
+    }
+}
+
+impl Bind for Value {
+    const KIND: Kind = Kind::Text;
+    fn into_value(self) -> Value {
+        self
+    }
+}
+
+/// What a column decodes into.
+pub trait Decode: Sized {
+    fn decode(value: &Value) -> std::result::Result<Self, String>;
+}
+
+impl Decode for i64 {
+    fn decode(value: &Value) -> std::result::Result<Self, String> {
+        match value {
+            Value::Int(i) => Ok(*i),
+            other => Err(format!("expected an integer, found {other:?}")),
+        }
+    }
+}
+
+impl Decode for i32 {
+    fn decode(value: &Value) -> std::result::Result<Self, String> {
+        i32::try_from(i64::decode(value)?).map_err(|e| e.to_string())
+    }
+}
+
+impl Decode for bool {
+    fn decode(value: &Value) -> std::result::Result<Self, String> {
+        Ok(i64::decode(value)? != 0)
+    }
+}
+
+impl Decode for f64 {
+    fn decode(value: &Value) -> std::result::Result<Self, String> {
+        match value {
+            Value::Real(f) => Ok(*f),
+            Value::Int(i) => Ok(*i as f64),
+            other => Err(format!("expected a number, found {other:?}")),
+        }
+    }
+}
+
+impl Decode for String {
+    fn decode(value: &Value) -> std::result::Result<Self, String> {
+        match value {
+            Value::Text(s) => Ok(s.clone()),
+            other => Err(format!("expected text, found {other:?}")),
+        }
+    }
+}
+
+impl<T: Decode> Decode for Option<T> {
+    fn decode(value: &Value) -> std::result::Result<Self, String> {
+        match value {
+            Value::Null(_) => Ok(None),
+            v => T::decode(v).map(Some),
+        }
+    }
+}
+
+/// One result row, owned.
+#[derive(Debug, Clone)]
+pub struct Row {
+    names: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+/// A column by name or by position.
+pub trait ColumnIndex {
+    fn position(&self, row: &Row) -> Option<usize>;
+    fn describe(&self) -> String;
+}
+
+impl ColumnIndex for &str {
+    fn position(&self, row: &Row) -> Option<usize> {
+        row.names.iter().position(|n| n == self)
+    }
+    fn describe(&self) -> String {
+        (*self).to_string()
+    }
+}
+
+impl ColumnIndex for usize {
+    fn position(&self, row: &Row) -> Option<usize> {
+        (*self < row.values.len()).then_some(*self)
+    }
+    fn describe(&self) -> String {
+        format!("#{self}")
+    }
+}
+
+impl Row {
+    /// The column `index` as a `T`.
+    ///
+    /// # Errors
+    /// When there is no such column or it does not hold a `T`.
+    pub fn try_get<T: Decode, I: ColumnIndex>(&self, index: I) -> SqlResult<T> {
+        let at = index
+            .position(self)
+            .ok_or_else(|| SqlError::Decode { column: index.describe(), problem: "no such column".into() })?;
+        T::decode(&self.values[at]).map_err(|problem| SqlError::Decode { column: index.describe(), problem })
+    }
+}
+
+/// A connection: SQLite through rusqlite, PostgreSQL through sqlx.
+pub enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Runs a statement without parameters or results (`BEGIN`, `SAVEPOINT`…)
+    /// outside the statement cache.
+    ///
+    /// # Errors
+    /// When the database refuses it.
+    pub async fn execute_raw(&mut self, sql: &str) -> SqlResult<()> {
+        match self {
+            Conn::Sqlite(c) => {
+                c.prepare_cached(sql).and_then(|mut s| s.raw_execute()).map(drop).map_err(SqlError::from)
+            }
+            Conn::Postgres(c) => c.execute(sql).await.map(drop).map_err(SqlError::from),
+        }
+    }
+}
+
+/// Opens a SQLite connection with the settings every connection needs.
+pub(crate) fn open_sqlite(path: &str) -> SqlResult<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // FULL makes every commit durable (an fsync per group commit); the busy
+    // timeout covers CLI commands writing beside `serve`.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The pool reads run on.
+#[derive(Clone)]
+pub enum ReadPool {
+    Sqlite(Arc<SqliteReaders>),
+    Postgres(PgPool),
+}
+
+/// Idle SQLite connections; a reader that finds none opens one.
+pub struct SqliteReaders {
+    path: String,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl SqliteReaders {
+    pub(crate) fn new(path: &str) -> SqlResult<Arc<Self>> {
+        let first = open_sqlite(path)?;
+        Ok(Arc::new(SqliteReaders { path: path.to_string(), idle: Mutex::new(vec![first]) }))
+    }
+}
+
+impl ReadPool {
+    /// A connection of the pool, returned to it when dropped.
+    ///
+    /// # Errors
+    /// When no connection can be had.
+    pub async fn acquire(&self) -> SqlResult<Pooled> {
+        match self {
+            ReadPool::Sqlite(readers) => {
+                let idle = readers.idle.lock().expect("reader pool lock").pop();
+                let conn = match idle {
+                    Some(c) => c,
+                    None => open_sqlite(&readers.path)?,
+                };
+                Ok(Pooled { conn: Some(Conn::Sqlite(conn)), home: Some(readers.clone()) })
+            }
+            ReadPool::Postgres(pool) => Ok(Pooled { conn: Some(Conn::Postgres(pool.acquire().await?)), home: None }),
+        }
+    }
+}
+
+/// A pooled [`Conn`].
+pub struct Pooled {
+    conn: Option<Conn>,
+    home: Option<Arc<SqliteReaders>>,
+}
+
+impl Deref for Pooled {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().expect("pooled connection")
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("pooled connection")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let (Some(Conn::Sqlite(c)), Some(home)) = (self.conn.take(), &self.home) {
+            let mut idle = home.idle.lock().expect("reader pool lock");
+            // A connection left inside a transaction (a reader that failed
+            // half-way) is not handed on.
+            if idle.len() < IDLE_READERS && c.is_autocommit() {
+                idle.push(c);
+            }
+        }
+    }
+}
+
+/// Where a query runs: a connection, or any connection of the read pool.
+pub enum Exec<'e> {
+    Conn(&'e mut Conn),
+    Pool(&'e ReadPool),
+}
+
+impl<'e> From<&'e mut Conn> for Exec<'e> {
+    fn from(c: &'e mut Conn) -> Self {
+        Exec::Conn(c)
+    }
+}
+
+impl<'e> From<&'e mut Pooled> for Exec<'e> {
+    fn from(c: &'e mut Pooled) -> Self {
+        Exec::Conn(c)
+    }
+}
+
+impl<'e> From<&'e ReadPool> for Exec<'e> {
+    fn from(p: &'e ReadPool) -> Self {
+        Exec::Pool(p)
+    }
+}
+
+/// What `execute` reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    rows_affected: u64,
+}
+
+impl Done {
+    pub fn rows_affected(&self) -> u64 {
+        self.rows_affected
+    }
+}
+
+/// A statement with its parameters.
+#[must_use = "a query does nothing until it is executed or fetched"]
+pub struct Query<'q> {
+    sql: &'q str,
+    args: Vec<Value>,
+}
+
+/// A statement in portable SQL with `$1`, `$2`… parameters.
+pub fn query(sql: &str) -> Query<'_> {
+    Query { sql, args: Vec::new() }
+}
+
+impl<'q> Query<'q> {
+    pub fn bind(mut self, value: impl Bind) -> Self {
+        self.args.push(value.into_value());
+        self
+    }
+
+    /// # Errors
+    /// When the database refuses the statement.
+    pub async fn execute<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Done> {
+        let rows_affected = match on.into() {
+            Exec::Conn(Conn::Sqlite(c)) => sqlite_run(c, self.sql, &self.args, false)?.1,
+            Exec::Conn(Conn::Postgres(c)) => {
+                sqlx::query_with(self.sql, pg_args(self.args)?).execute(&mut **c).await?.rows_affected()
+            }
+            Exec::Pool(ReadPool::Sqlite(r)) => {
+                let mut conn = ReadPool::Sqlite(r.clone()).acquire().await?;
+                let Conn::Sqlite(c) = &mut *conn else { unreachable!("a SQLite pool holds SQLite connections") };
+                sqlite_run(c, self.sql, &self.args, false)?.1
+            }
+            Exec::Pool(ReadPool::Postgres(p)) => {
+                sqlx::query_with(self.sql, pg_args(self.args)?).execute(p).await?.rows_affected()
+            }
+        };
+        Ok(Done { rows_affected })
+    }
+
+    /// # Errors
+    /// When the database refuses the statement or a row cannot be read.
+    pub async fn fetch_all<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Vec<Row>> {
+        match on.into() {
+            Exec::Conn(Conn::Sqlite(c)) => Ok(sqlite_run(c, self.sql, &self.args, true)?.0),
+            Exec::Conn(Conn::Postgres(c)) => {
+                pg_rows(sqlx::query_with(self.sql, pg_args(self.args)?).fetch_all(&mut **c).await?)
+            }
+            Exec::Pool(ReadPool::Sqlite(r)) => {
+                let mut conn = ReadPool::Sqlite(r.clone()).acquire().await?;
+                let Conn::Sqlite(c) = &mut *conn else { unreachable!("a SQLite pool holds SQLite connections") };
+                Ok(sqlite_run(c, self.sql, &self.args, true)?.0)
+            }
+            Exec::Pool(ReadPool::Postgres(p)) => {
+                pg_rows(sqlx::query_with(self.sql, pg_args(self.args)?).fetch_all(p).await?)
+            }
+        }
+    }
+
+    /// # Errors
+    /// As [`Query::fetch_all`].
+    pub async fn fetch_optional<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Option<Row>> {
+        Ok(self.fetch_all(on).await?.into_iter().next())
+    }
+
+    /// # Errors
+    /// As [`Query::fetch_all`], and [`SqlError::RowNotFound`] without a row.
+    pub async fn fetch_one<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Row> {
+        self.fetch_optional(on).await?.ok_or(SqlError::RowNotFound)
+    }
+}
+
+/// A statement whose rows are one value each.
+#[must_use = "a query does nothing until it is fetched"]
+pub struct Scalar<'q, O> {
+    query: Query<'q>,
+    out: PhantomData<fn() -> O>,
+}
+
+/// A statement returning one column, decoded as `O`.
+pub fn query_scalar<O: Decode>(sql: &str) -> Scalar<'_, O> {
+    Scalar { query: query(sql), out: PhantomData }
+}
+
+impl<'q, O: Decode> Scalar<'q, O> {
+    pub fn bind(mut self, value: impl Bind) -> Self {
+        self.query = self.query.bind(value);
+        self
+    }
+
+    /// # Errors
+    /// As [`Query::fetch_all`].
+    pub async fn fetch_all<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Vec<O>> {
+        self.query.fetch_all(on).await?.iter().map(|r| r.try_get(0usize)).collect()
+    }
+
+    /// # Errors
+    /// As [`Query::fetch_all`].
+    pub async fn fetch_optional<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Option<O>> {
+        self.query.fetch_optional(on).await?.map(|r| r.try_get(0usize)).transpose()
+    }
+
+    /// # Errors
+    /// As [`Query::fetch_one`].
+    pub async fn fetch_one<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<O> {
+        self.query.fetch_one(on).await?.try_get(0usize)
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Real(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+            Value::Null(_) => ToSqlOutput::Borrowed(ValueRef::Null),
+        })
+    }
+}
+
+/// Runs one statement on SQLite; returns its rows (when `rows` is asked)
+/// and the number of rows it changed.
+fn sqlite_run(conn: &rusqlite::Connection, sql: &str, args: &[Value], rows: bool) -> SqlResult<(Vec<Row>, u64)> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn.prepare_cached(sql)?;
+    for index in 1..=stmt.parameter_count() {
+        // `$N` is a named parameter to SQLite, numbered by first appearance;
+        // bind it by its number, as PostgreSQL does.
+        let position = stmt
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$').or_else(|| name.strip_prefix('?')))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(index);
+        let value = args.get(position - 1).ok_or_else(|| SqlError::Database {
+            message: format!("parameter ${position} is not bound in {sql:?}"),
+            unique_violation: false,
+            constraint: None,
+        })?;
+        stmt.raw_bind_parameter(index, value)?;
+    }
+    let width = stmt.column_count();
+    if width == 0 {
+        let changed = stmt.raw_execute()?;
+        return Ok((Vec::new(), changed as u64));
+    }
+    let names: Arc<[String]> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let mut out = Vec::new();
+    let mut cursor = stmt.raw_query();
+    while let Some(row) = cursor.next()? {
+        let mut values = Vec::with_capacity(width);
+        for i in 0..width {
+            values.push(match row.get_ref(i)? {
+                ValueRef::Integer(n) => Value::Int(n),
+                ValueRef::Real(f) => Value::Real(f),
+                ValueRef::Text(t) | ValueRef::Blob(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Null => Value::Null(Kind::Text),
+            });
+        }
+        if rows {
+            out.push(Row { names: names.clone(), values });
+        }
+    }
+    drop(cursor);
+    Ok((out, conn.changes()))
+}
+
+fn pg_args(values: Vec<Value>) -> SqlResult<PgArguments> {
+    let mut args = PgArguments::default();
+    for v in values {
+        let added = match v {
+            Value::Int(i) => args.add(i),
+            Value::Text(s) => args.add(s),
+            Value::Real(f) => args.add(f),
+            Value::Null(Kind::Int) => args.add(None::<i64>),
+            Value::Null(Kind::Text) => args.add(None::<String>),
+        };
+        added.map_err(|e| SqlError::Driver(sqlx::Error::Encode(e)))?;
+    }
+    Ok(args)
+}
+
+fn pg_rows(rows: Vec<PgRow>) -> SqlResult<Vec<Row>> {
+    let Some(first) = rows.first() else { return Ok(Vec::new()) };
+    let names: Arc<[String]> = first.columns().iter().map(|c| c.name().to_string()).collect();
+    rows.iter()
+        .map(|row| {
+            let mut values = Vec::with_capacity(names.len());
+            for (i, column) in row.columns().iter().enumerate() {
+                let kind = column.type_info().name();
+                let decoded = match kind {
+                    "INT8" => row.try_get::<Option<i64>, _>(i).map(|v| v.map_or(Value::Null(Kind::Int), Value::Int)),
+                    "INT4" => row
+                        .try_get::<Option<i32>, _>(i)
+                        .map(|v| v.map_or(Value::Null(Kind::Int), |n| Value::Int(n.into()))),
+                    "INT2" => row
+                        .try_get::<Option<i16>, _>(i)
+                        .map(|v| v.map_or(Value::Null(Kind::Int), |n| Value::Int(n.into()))),
+                    "BOOL" => row
+                        .try_get::<Option<bool>, _>(i)
+                        .map(|v| v.map_or(Value::Null(Kind::Int), |b| Value::Int(b.into()))),
+                    "FLOAT8" => row.try_get::<Option<f64>, _>(i).map(|v| v.map_or(Value::Null(Kind::Int), Value::Real)),
+                    "TEXT" | "VARCHAR" | "NAME" | "BPCHAR" => {
+                        row.try_get::<Option<String>, _>(i).map(|v| v.map_or(Value::Null(Kind::Text), Value::Text))
+                    }
+                    "VOID" => Ok(Value::Null(Kind::Text)),
+                    other => {
+                        return Err(SqlError::Decode {
+                            column: column.name().to_string(),
+                            problem: format!("PostgreSQL type {other} is not one the storage layer reads"),
+                        });
+                    }
+                };
+                values.push(decoded?);
+            }
+            Ok(Row { names: names.clone(), values })
+        })
+        .collect()
+}
