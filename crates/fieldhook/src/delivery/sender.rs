@@ -99,11 +99,15 @@ impl Sender {
     /// part of the answer.
     pub async fn post(&self, url: &str, headers: reqwest::header::HeaderMap, body: String) -> Answer {
         let started = Instant::now();
-        let mut answer = match self.refuse_literal(url) {
-            Some(a) => a,
-            None => match tokio::time::timeout(self.timeout, self.exchange(url, headers, body)).await {
-                Ok(a) => a,
-                Err(_) => failure("timeout", format!("no complete answer within {:?}", self.timeout)),
+        // Parsed once, for the address check and for the request.
+        let mut answer = match url::Url::parse(url) {
+            Err(e) => failure("connection failure", format!("{url:?} is not a URL: {e}")),
+            Ok(url) => match self.refuse_literal(&url) {
+                Some(a) => a,
+                None => match tokio::time::timeout(self.timeout, self.exchange(url, headers, body)).await {
+                    Ok(a) => a,
+                    Err(_) => failure("timeout", format!("no complete answer within {:?}", self.timeout)),
+                },
             },
         };
         answer.elapsed = started.elapsed();
@@ -111,12 +115,11 @@ impl Sender {
     }
 
     /// IP-literal URLs never reach the resolver: check them here.
-    fn refuse_literal(&self, url: &str) -> Option<Answer> {
+    fn refuse_literal(&self, url: &url::Url) -> Option<Answer> {
         if self.allow_private {
             return None;
         }
-        let parsed = url::Url::parse(url).ok()?;
-        let ip: IpAddr = match parsed.host()? {
+        let ip: IpAddr = match url.host()? {
             url::Host::Ipv4(v4) => v4.into(),
             url::Host::Ipv6(v6) => v6.into(),
             url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
@@ -127,7 +130,7 @@ impl Sender {
         is_forbidden(ip).then(|| failure("forbidden address", format!("{ip} is not a permitted target")))
     }
 
-    async fn exchange(&self, url: &str, headers: reqwest::header::HeaderMap, body: String) -> Answer {
+    async fn exchange(&self, url: url::Url, headers: reqwest::header::HeaderMap, body: String) -> Answer {
         let response = match self.client.post(url).headers(headers).body(body).send().await {
             Ok(r) => r,
             Err(e) => {

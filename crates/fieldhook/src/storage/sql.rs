@@ -297,7 +297,11 @@ pub(crate) fn open_sqlite(path: &str) -> SqlResult<rusqlite::Connection> {
     )?;
     // FULL makes every commit durable (an fsync per group commit); the busy
     // timeout covers CLI commands writing beside `serve`.
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON")?;
+    // 8 MiB of page cache (the default is 2): the claim and fan-out indexes
+    // stay in memory instead of being re-read through the OS per query.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA cache_size = -8192",
+    )?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
@@ -563,7 +567,10 @@ fn sqlite_run(conn: &rusqlite::Connection, sql: &str, args: &[Value], rows: bool
             values.push(match row.get_ref(i)? {
                 ValueRef::Integer(n) => Value::Int(n),
                 ValueRef::Real(f) => Value::Real(f),
-                ValueRef::Text(t) | ValueRef::Blob(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Text(t) | ValueRef::Blob(t) => Value::Text(match std::str::from_utf8(t) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => String::from_utf8_lossy(t).into_owned(),
+                }),
                 ValueRef::Null => Value::Null(Kind::Text),
             });
         }
