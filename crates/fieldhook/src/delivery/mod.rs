@@ -108,6 +108,9 @@ struct Shared {
     results: mpsc::UnboundedSender<Attempt>,
     /// Rung when a send finished and its slot is free again.
     freed: Notify,
+    /// SQLite: the webhooks last read, with the committer's webhook
+    /// generation they reflect and when they were read.
+    targets: Mutex<Option<(u64, std::time::Instant, Arc<Vec<Target>>)>>,
 }
 
 /// The delivery engine of one node. Cheap to clone.
@@ -142,6 +145,7 @@ impl Engine {
                 in_flight: Mutex::new(InFlight::default()),
                 results,
                 freed: Notify::new(),
+                targets: Mutex::new(None),
             }),
             results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
             wake: Arc::new(Notify::new()),
@@ -161,10 +165,8 @@ impl Engine {
         let s = &self.shared;
         s.in_flight.lock().expect("in-flight lock").finished_this_pass.clear();
         let now = s.clock.now();
-        let targets = {
-            let mut conn = s.db.read.acquire().await?;
-            deliveries::targets(&mut conn, now).await?
-        };
+        let targets = self.targets().await?;
+        let targets: Vec<&Target> = targets.iter().filter(|t| t.is_due(now)).collect();
         {
             // Read-ahead is only for webhooks that are still served normally.
             let mut f = s.in_flight.lock().expect("in-flight lock");
@@ -177,6 +179,7 @@ impl Engine {
         }
         let mut started = 0;
         for target in targets {
+            let target = target.clone();
             let probe = target.status == WebhookStatus::Suspended;
             let (room, held, queued) = {
                 let f = s.in_flight.lock().expect("in-flight lock");
@@ -247,6 +250,31 @@ impl Engine {
             }
         }
         Ok(if started > 0 { Dispatched::Started(started) } else { Dispatched::Idle })
+    }
+
+    /// The webhooks to serve. On SQLite every change to webhooks or keys
+    /// goes through this process's committer, which counts them: the list
+    /// read last stays good until that count moves (re-read at least every
+    /// safety poll, for a CLI command writing beside the server). PostgreSQL
+    /// reads it each pass, since other nodes change webhooks too.
+    async fn targets(&self) -> Result<Arc<Vec<Target>>> {
+        let s = &self.shared;
+        let generation = s.db.committer.webhooks_generation();
+        if let Some(generation) = generation {
+            let cached = s.targets.lock().expect("targets lock");
+            if let Some((seen, at, targets)) = cached.as_ref()
+                && *seen == generation
+                && at.elapsed() < SAFETY_POLL
+            {
+                return Ok(targets.clone());
+            }
+        }
+        let mut conn = s.db.read.acquire().await?;
+        let targets = Arc::new(deliveries::targets(&mut conn).await?);
+        if let Some(generation) = generation {
+            *s.targets.lock().expect("targets lock") = Some((generation, std::time::Instant::now(), targets.clone()));
+        }
+        Ok(targets)
     }
 
     /// Claims for one webhook; a probe is its oldest pending request, due or not.

@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use sqlx::postgres::PgPool;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// How many jobs at most share one transaction. Large enough to amortise the
@@ -40,6 +41,10 @@ pub struct Committer {
     /// Signalled after every successful commit, so that the delivery engine
     /// picks up new requests at once instead of polling.
     pub committed: Arc<Notify>,
+    /// SQLite: bumped after each commit that changed a webhook or an API
+    /// key, so the delivery engine can keep its list of webhooks until then.
+    /// `None` on PostgreSQL, where other nodes change them too.
+    webhooks_generation: Option<Arc<AtomicU64>>,
 }
 
 impl Committer {
@@ -53,14 +58,16 @@ impl Committer {
         // polls each batch to completion. Entering the runtime keeps any
         // tokio type a job might touch working.
         let runtime = tokio::runtime::Handle::current();
+        let generation = Arc::new(AtomicU64::new(0));
+        let bump = generation.clone();
         std::thread::Builder::new()
             .name("fieldhook-writer".into())
             .spawn(move || {
                 let _runtime = runtime.enter();
-                run_sqlite(conn, rx, &signal);
+                run_sqlite(conn, rx, &signal, &bump);
             })
             .expect("spawning the SQLite writer thread");
-        Self { tx, committed }
+        Self { tx, committed, webhooks_generation: Some(generation) }
     }
 
     /// Starts the committer on a dedicated connection of `pool`. Every
@@ -70,7 +77,13 @@ impl Committer {
         let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
         tokio::spawn(run_postgres(pool, rx, committed.clone(), channel));
-        Self { tx, committed }
+        Self { tx, committed, webhooks_generation: None }
+    }
+
+    /// How many commits so far changed webhooks or API keys (SQLite); `None`
+    /// when this process cannot know (PostgreSQL).
+    pub fn webhooks_generation(&self) -> Option<u64> {
+        self.webhooks_generation.as_ref().map(|g| g.load(Ordering::Acquire))
     }
 
     /// Runs `f` inside the next group transaction and returns its result once
@@ -117,11 +130,30 @@ fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     }
 }
 
-fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Job>, committed: &Notify) {
+fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Job>, committed: &Notify, generation: &AtomicU64) {
+    // SQLite reports every row this connection changes; a change to the
+    // tables the engine's webhook list is read from marks the batch.
+    let touched = Arc::new(AtomicBool::new(false));
+    if let Conn::Sqlite(c) = &conn {
+        let mark = touched.clone();
+        c.update_hook(Some(move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+            if table == "webhooks" || table == "api_keys" {
+                mark.store(true, Ordering::Relaxed);
+            }
+        }));
+    }
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         gather(first, &mut rx, &mut batch);
-        match futures::executor::block_on(run_batch(&mut conn, &mut batch, None)) {
+        // Bumped before any caller hears back (so a paused webhook is never
+        // served from the old list after the pause was acknowledged), and
+        // whatever the outcome: a rolled-back change costs one extra read.
+        let mut settled = || {
+            if touched.swap(false, Ordering::Relaxed) {
+                generation.fetch_add(1, Ordering::Release);
+            }
+        };
+        match futures::executor::block_on(run_batch(&mut conn, &mut batch, None, &mut settled)) {
             Ok(()) => committed.notify_waiters(),
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
@@ -154,7 +186,7 @@ async fn run_postgres(pool: PgPool, mut rx: mpsc::Receiver<Job>, committed: Arc<
                 }
             },
         };
-        match run_batch(c, &mut batch, Some(channel)).await {
+        match run_batch(c, &mut batch, Some(channel), &mut || {}).await {
             Ok(()) => committed.notify_waiters(),
             Err(e) => {
                 // The connection may be broken: start the next batch on a new one.
@@ -167,10 +199,13 @@ async fn run_postgres(pool: PgPool, mut rx: mpsc::Receiver<Job>, committed: Arc<
     }
 }
 
+/// Runs one batch in one transaction. `settled` runs once the transaction
+/// is over (committed or rolled back) and before any job's caller is answered.
 async fn run_batch(
     conn: &mut Conn,
     batch: &mut Vec<Job>,
     notify: Option<&'static str>,
+    settled: &mut (dyn FnMut() + Send),
 ) -> std::result::Result<(), Arc<SqlError>> {
     let single = batch.len() == 1;
     let mut answers = Vec::with_capacity(batch.len());
@@ -179,6 +214,7 @@ async fn run_batch(
     let begin = if conn.backend() == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
     if let Err(e) = conn.execute_raw(begin).await {
         batch.clear();
+        settled();
         return Err(Arc::new(e));
     }
     let mut failure: Option<SqlError> = None;
@@ -210,6 +246,7 @@ async fn run_batch(
         if single && !ran.keep {
             // Nothing to commit; roll back and answer with the job's error.
             let rolled = conn.execute_raw("ROLLBACK").await.map_err(Arc::new);
+            settled();
             (ran.answer)(Ok(()));
             return rolled;
         }
@@ -228,6 +265,7 @@ async fn run_batch(
         }
         None => conn.execute_raw("COMMIT").await.map_err(Arc::new),
     };
+    settled();
     for answer in answers {
         answer(result.clone());
     }

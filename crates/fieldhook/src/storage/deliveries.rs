@@ -23,18 +23,30 @@ pub struct Target {
     pub status: WebhookStatus,
     /// The key whose scopes the temporary token carries, while it is live.
     pub token_key: Option<Uuid>,
+    /// When a suspended webhook gets its next probe.
+    pub next_probe_at: Option<DateTime<Utc>>,
 }
 
-/// Webhooks to serve now: the active ones, and the suspended ones whose
-/// next probe is due.
-pub async fn targets(conn: &mut Conn, now: DateTime<Utc>) -> Result<Vec<Target>> {
+impl Target {
+    /// Whether to serve it at `now`: active, or suspended with its probe due.
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        match self.status {
+            WebhookStatus::Active => true,
+            WebhookStatus::Suspended => self.next_probe_at.is_some_and(|at| at <= now),
+            WebhookStatus::Paused => false,
+        }
+    }
+}
+
+/// The webhooks that may be served: active and suspended ones (which of the
+/// latter are due for a probe depends on the time: [`Target::is_due`]).
+pub async fn targets(conn: &mut Conn) -> Result<Vec<Target>> {
     let rows = sql::query(
         "SELECT w.uuid, w.url, w.secret, w.signing_secret, w.ordering, w.status, w.created_by_key, \
-         k.revoked_at AS key_revoked, k.uuid AS key_uuid \
+         w.next_probe_at, k.revoked_at AS key_revoked, k.uuid AS key_uuid \
          FROM webhooks w LEFT JOIN api_keys k ON k.uuid = w.created_by_key \
-         WHERE w.removed = 0 AND (w.status = 'active' OR (w.status = 'suspended' AND w.next_probe_at <= $1))",
+         WHERE w.removed = 0 AND w.status IN ('active', 'suspended')",
     )
-    .bind(to_micros(now))
     .fetch_all(conn)
     .await?;
     rows.iter()
@@ -49,6 +61,7 @@ pub async fn targets(conn: &mut Conn, now: DateTime<Utc>) -> Result<Vec<Target>>
                 ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
                 status: WebhookStatus::parse(&r.try_get::<String, _>("status")?),
                 token_key: if key_live { Some(uuid_col(r, "created_by_key")?) } else { None },
+                next_probe_at: r.try_get::<Option<i64>, _>("next_probe_at")?.map(from_micros),
             })
         })
         .collect()

@@ -68,7 +68,7 @@ impl Db {
             _ => None,
         };
         if let Some(path) = sqlite_path(url) {
-            let writer = sql::open_sqlite(path).with_context(|| format!("opening {path}"))?;
+            let writer = sql::open_sqlite(path, sql::Role::Writer).with_context(|| format!("opening {path}"))?;
             // WAL lets readers run beside the writer; it is a property of the
             // file, so setting it once on the writer is enough.
             writer.execute_batch("PRAGMA journal_mode = WAL").with_context(|| format!("opening {path}"))?;

@@ -286,7 +286,7 @@ impl Conn {
 }
 
 /// Opens a SQLite connection with the settings every connection needs.
-pub(crate) fn open_sqlite(path: &str) -> SqlResult<rusqlite::Connection> {
+pub(crate) fn open_sqlite(path: &str, role: Role) -> SqlResult<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     let conn = rusqlite::Connection::open_with_flags(
         path,
@@ -297,13 +297,23 @@ pub(crate) fn open_sqlite(path: &str) -> SqlResult<rusqlite::Connection> {
     )?;
     // FULL makes every commit durable (an fsync per group commit); the busy
     // timeout covers CLI commands writing beside `serve`.
-    // 8 MiB of page cache (the default is 2): the claim and fan-out indexes
-    // stay in memory instead of being re-read through the OS per query.
-    conn.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA cache_size = -8192",
-    )?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON")?;
+    if role == Role::Writer {
+        // 16 MiB of page cache (the default is 2) keeps the indexes the
+        // writer updates in memory. Readers keep the default: a reader drops
+        // its whole cache whenever another connection has committed, so a
+        // larger one only costs more to drop.
+        conn.execute_batch("PRAGMA cache_size = -16384")?;
+    }
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// What a SQLite connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Writer,
+    Reader,
 }
 
 /// The pool reads run on.
@@ -321,7 +331,7 @@ pub struct SqliteReaders {
 
 impl SqliteReaders {
     pub(crate) fn new(path: &str) -> SqlResult<Arc<Self>> {
-        let first = open_sqlite(path)?;
+        let first = open_sqlite(path, Role::Reader)?;
         Ok(Arc::new(SqliteReaders { path: path.to_string(), idle: Mutex::new(vec![first]) }))
     }
 }
@@ -337,7 +347,7 @@ impl ReadPool {
                 let idle = readers.idle.lock().expect("reader pool lock").pop();
                 let conn = match idle {
                     Some(c) => c,
-                    None => open_sqlite(&readers.path)?,
+                    None => open_sqlite(&readers.path, Role::Reader)?,
                 };
                 Ok(Pooled { conn: Some(Conn::Sqlite(conn)), home: Some(readers.clone()) })
             }
