@@ -203,8 +203,16 @@ pub async fn list<R: ApiResource>(
         });
     }
     query.finish()?;
-    let mut conn = state.db.read.acquire().await?;
-    let docs = resources::list_docs(&mut conn, R::KIND.table(), auth.account(), true, filters, &page).await?;
+    // A filter on an unindexed column may scan the account's rows: off the
+    // runtime's threads (see ReadPool::run_long).
+    let account = auth.account();
+    let docs = state
+        .db
+        .read
+        .run_long(move |conn| {
+            Box::pin(async move { resources::list_docs(conn, R::KIND.table(), account, true, filters, &page).await })
+        })
+        .await??;
     Ok(raw_json(StatusCode::OK, wrap_docs(R::PLURAL, &docs)))
 }
 

@@ -550,8 +550,10 @@ impl Engine {
     /// Refreshes the gauges of pending requests and webhooks.
     pub async fn refresh_gauges(&self) -> Result<()> {
         let s = &self.shared;
-        let mut conn = s.db.read.acquire().await?;
-        let (pending, webhooks) = deliveries::stats(&mut conn, s.clock.now()).await?;
+        let now = s.clock.now();
+        // It counts the whole backlog: off the runtime's threads.
+        let (pending, webhooks) =
+            s.db.read.run_long(move |conn| Box::pin(async move { deliveries::stats(conn, now).await })).await??;
         for state in ["due", "retrying", "held"] {
             let n = pending.iter().find(|(k, _)| k == state).map_or(0, |(_, n)| *n);
             metrics::gauge!(crate::metrics::PENDING, "state" => state).set(n as f64);

@@ -72,6 +72,12 @@ impl Db {
             // WAL lets readers run beside the writer; it is a property of the
             // file, so setting it once on the writer is enough.
             writer.execute_batch("PRAGMA journal_mode = WAL").with_context(|| format!("opening {path}"))?;
+            // Checkpoints copy the WAL back into the database; run inside a
+            // commit they hold up the writer (and every caller waiting for
+            // it) for as long as the copy and its fsync take. A thread of
+            // their own does them instead.
+            writer.execute_batch("PRAGMA wal_autocheckpoint = 0").with_context(|| format!("opening {path}"))?;
+            sql::start_checkpointer(path).with_context(|| format!("opening {path}"))?;
             let read = ReadPool::Sqlite(SqliteReaders::new(path).with_context(|| format!("opening {path}"))?);
             return Ok(Db {
                 backend: Backend::Sqlite,

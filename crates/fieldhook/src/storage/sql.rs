@@ -44,6 +44,9 @@ pub enum SqlError {
     /// Connection, pool or protocol trouble (PostgreSQL).
     #[error(transparent)]
     Driver(sqlx::Error),
+    /// The thread running a long read failed.
+    #[error("a background read failed: {0}")]
+    Task(String),
 }
 
 impl SqlError {
@@ -309,6 +312,28 @@ pub(crate) fn open_sqlite(path: &str, role: Role) -> SqlResult<rusqlite::Connect
     Ok(conn)
 }
 
+/// How often the checkpointer looks at the WAL.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Starts the thread that checkpoints the WAL of `path` in the background
+/// (PASSIVE: it never waits for, or blocks, the writer or a reader). It ends
+/// with the process.
+pub(crate) fn start_checkpointer(path: &str) -> SqlResult<()> {
+    let conn = open_sqlite(path, Role::Reader)?;
+    std::thread::Builder::new()
+        .name("fieldhook-checkpoint".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| SqlError::Task(e.to_string()))?;
+    Ok(())
+}
+
 /// What a SQLite connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -352,6 +377,38 @@ impl ReadPool {
                 Ok(Pooled { conn: Some(Conn::Sqlite(conn)), home: Some(readers.clone()) })
             }
             ReadPool::Postgres(pool) => Ok(Pooled { conn: Some(Conn::Postgres(pool.acquire().await?)), home: None }),
+        }
+    }
+}
+
+impl ReadPool {
+    /// Runs `read` on a connection of the pool where a long read (a scan for
+    /// the gauges, say) cannot stall the runtime: SQLite statements run on
+    /// the calling thread, so there it goes to tokio's blocking pool.
+    ///
+    /// # Errors
+    /// When no connection can be had or the blocking task fails.
+    pub async fn run_long<T, F>(&self, read: F) -> SqlResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> futures::future::BoxFuture<'c, T> + Send + 'static,
+    {
+        match self {
+            ReadPool::Sqlite(_) => {
+                let pool = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    futures::executor::block_on(async move {
+                        let mut conn = pool.acquire().await?;
+                        Ok(read(&mut conn).await)
+                    })
+                })
+                .await
+                .map_err(|e| SqlError::Task(e.to_string()))?
+            }
+            ReadPool::Postgres(_) => {
+                let mut conn = self.acquire().await?;
+                Ok(read(&mut conn).await)
+            }
         }
     }
 }

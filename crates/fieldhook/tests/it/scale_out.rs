@@ -122,8 +122,16 @@ async fn three_workers_share_the_work_and_a_killed_one_loses_nothing() {
         assert!(duplicated.len() <= 16, "{name}: {} events sent twice", duplicated.len());
         for copies in duplicated {
             assert_eq!(copies.len(), 2, "{name}: an event was sent {} times", copies.len());
-            let before = copies.iter().filter(|t| **t < killed_at).count();
-            assert_eq!(before, 1, "{name}: a duplicate not explained by the killed node");
+            // The killed node's copy left before the kill, though the
+            // receiver may read it off the socket a moment after; the other
+            // comes once its lease has expired, long after.
+            let (first, second) = (copies[0].min(copies[1]), copies[0].max(copies[1]));
+            assert!(
+                first < killed_at + Duration::from_secs(1)
+                    && second > killed_at
+                    && second.duration_since(first) > Duration::from_secs(1),
+                "{name}: a duplicate not explained by the killed node"
+            );
         }
     }
     // Per-entity order for the ordered webhook: versions never go back.
