@@ -108,9 +108,16 @@ struct Shared {
     results: mpsc::UnboundedSender<Attempt>,
     /// Rung when a send finished and its slot is free again.
     freed: Notify,
-    /// SQLite: the webhooks last read, with the committer's webhook
-    /// generation they reflect and when they were read.
-    targets: Mutex<Option<(u64, std::time::Instant, Arc<Vec<Target>>)>>,
+    /// SQLite: the webhooks last read.
+    targets: Mutex<Option<CachedTargets>>,
+}
+
+/// The webhooks as last read, with the committer's webhook generation they
+/// reflect and when they were read.
+struct CachedTargets {
+    generation: u64,
+    read_at: std::time::Instant,
+    targets: Arc<Vec<Target>>,
 }
 
 /// The delivery engine of one node. Cheap to clone.
@@ -262,17 +269,18 @@ impl Engine {
         let generation = s.db.committer.webhooks_generation();
         if let Some(generation) = generation {
             let cached = s.targets.lock().expect("targets lock");
-            if let Some((seen, at, targets)) = cached.as_ref()
-                && *seen == generation
-                && at.elapsed() < SAFETY_POLL
+            if let Some(c) = cached.as_ref()
+                && c.generation == generation
+                && c.read_at.elapsed() < SAFETY_POLL
             {
-                return Ok(targets.clone());
+                return Ok(c.targets.clone());
             }
         }
         let mut conn = s.db.read.acquire().await?;
         let targets = Arc::new(deliveries::targets(&mut conn).await?);
         if let Some(generation) = generation {
-            *s.targets.lock().expect("targets lock") = Some((generation, std::time::Instant::now(), targets.clone()));
+            *s.targets.lock().expect("targets lock") =
+                Some(CachedTargets { generation, read_at: std::time::Instant::now(), targets: targets.clone() });
         }
         Ok(targets)
     }
