@@ -154,13 +154,6 @@ impl<T: Bind> Bind for Option<T> {
     }
 }
 
-impl Bind for Value {
-    const KIND: Kind = Kind::Text;
-    fn into_value(self) -> Value {
-        self
-    }
-}
-
 /// What a column decodes into.
 pub trait Decode: Sized {
     fn decode(value: &Value) -> std::result::Result<Self, String>;
@@ -503,18 +496,8 @@ impl<'q> Query<'q> {
     /// When the database refuses the statement.
     pub async fn execute<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Done> {
         let rows_affected = match on.into() {
-            Exec::Conn(Conn::Sqlite(c)) => sqlite_run(c, self.sql, &self.args, false)?.1,
-            Exec::Conn(Conn::Postgres(c)) => {
-                sqlx::query_with(self.sql, pg_args(self.args)?).execute(&mut **c).await?.rows_affected()
-            }
-            Exec::Pool(ReadPool::Sqlite(r)) => {
-                let mut conn = ReadPool::Sqlite(r.clone()).acquire().await?;
-                let Conn::Sqlite(c) = &mut *conn else { unreachable!("a SQLite pool holds SQLite connections") };
-                sqlite_run(c, self.sql, &self.args, false)?.1
-            }
-            Exec::Pool(ReadPool::Postgres(p)) => {
-                sqlx::query_with(self.sql, pg_args(self.args)?).execute(p).await?.rows_affected()
-            }
+            Exec::Conn(conn) => self.run(conn, false).await?.1,
+            Exec::Pool(pool) => self.run(&mut *pool.acquire().await?, false).await?.1,
         };
         Ok(Done { rows_affected })
     }
@@ -522,18 +505,24 @@ impl<'q> Query<'q> {
     /// # Errors
     /// When the database refuses the statement or a row cannot be read.
     pub async fn fetch_all<'e>(self, on: impl Into<Exec<'e>>) -> SqlResult<Vec<Row>> {
-        match on.into() {
-            Exec::Conn(Conn::Sqlite(c)) => Ok(sqlite_run(c, self.sql, &self.args, true)?.0),
-            Exec::Conn(Conn::Postgres(c)) => {
-                pg_rows(sqlx::query_with(self.sql, pg_args(self.args)?).fetch_all(&mut **c).await?)
-            }
-            Exec::Pool(ReadPool::Sqlite(r)) => {
-                let mut conn = ReadPool::Sqlite(r.clone()).acquire().await?;
-                let Conn::Sqlite(c) = &mut *conn else { unreachable!("a SQLite pool holds SQLite connections") };
-                Ok(sqlite_run(c, self.sql, &self.args, true)?.0)
-            }
-            Exec::Pool(ReadPool::Postgres(p)) => {
-                pg_rows(sqlx::query_with(self.sql, pg_args(self.args)?).fetch_all(p).await?)
+        Ok(match on.into() {
+            Exec::Conn(conn) => self.run(conn, true).await?.0,
+            Exec::Pool(pool) => self.run(&mut *pool.acquire().await?, true).await?.0,
+        })
+    }
+
+    /// Runs the statement on `conn`: its rows (when `rows` is asked) and the
+    /// number of rows it changed.
+    async fn run(self, conn: &mut Conn, rows: bool) -> SqlResult<(Vec<Row>, u64)> {
+        match conn {
+            Conn::Sqlite(c) => sqlite_run(c, self.sql, &self.args, rows),
+            Conn::Postgres(c) => {
+                let query = sqlx::query_with(self.sql, pg_args(self.args)?);
+                if rows {
+                    Ok((pg_rows(query.fetch_all(&mut **c).await?)?, 0))
+                } else {
+                    Ok((Vec::new(), query.execute(&mut **c).await?.rows_affected()))
+                }
             }
         }
     }
