@@ -25,6 +25,11 @@ pub const RETRIES: &str = "fieldhook_retries_scheduled_total";
 pub const EXHAUSTED: &str = "fieldhook_deliveries_exhausted_total";
 /// Requests claimed by one claim of a worker.
 pub const CLAIM_BATCH: &str = "fieldhook_claim_batch_size";
+/// Writes (API changes, batches of delivery results, …) sharing one
+/// transaction of the group committer: one fsync for all of them.
+pub const COMMIT_BATCH: &str = "fieldhook_commit_batch_size";
+/// Delivery attempts recorded by one write.
+pub const RESULT_BATCH: &str = "fieldhook_result_batch_size";
 /// Requests waiting, by `state`: `due` (send now), `retrying` (waiting for
 /// their time), `held` (webhook paused or suspended).
 pub const PENDING: &str = "fieldhook_pending_requests";
@@ -32,6 +37,8 @@ pub const PENDING: &str = "fieldhook_pending_requests";
 pub const WEBHOOKS: &str = "fieldhook_webhooks";
 /// Requests this node is sending right now.
 pub const IN_FLIGHT: &str = "fieldhook_requests_in_flight";
+
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// The process-wide recorder (installed once; tests start many servers in
 /// one process and share it).
@@ -42,12 +49,7 @@ pub fn handle() -> PrometheusHandle {
             let latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(CLAIM_BATCH.into()),
-                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
-                    )
-                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), &BATCH_BUCKETS))
                 .expect("valid buckets")
                 .build_recorder();
             let handle = recorder.handle();

@@ -94,16 +94,17 @@ const TOKEN_PREFIX: &str = "fht_";
 /// keys.
 #[derive(Clone)]
 pub struct TokenSigner {
-    secret: Vec<u8>,
+    /// Keyed once: a token is issued with every delivery attempt.
+    keyed: Hmac<Sha256>,
 }
 
 impl TokenSigner {
     pub fn new(secret: Vec<u8>) -> Self {
-        Self { secret }
+        Self { keyed: Hmac::<Sha256>::new_from_slice(&secret).expect("any key length") }
     }
 
     fn mac(&self, payload: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        let mut mac = self.keyed.clone();
         mac.update(payload);
         mac
     }

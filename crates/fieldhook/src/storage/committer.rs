@@ -49,8 +49,9 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer on a thread of its own that owns the SQLite
-    /// write connection `conn`.
-    pub fn start_sqlite(conn: Conn) -> Self {
+    /// write connection `conn`. `wal_long` is raised by the checkpointer when
+    /// the WAL should start over (`sql::start_checkpointer`).
+    pub fn start_sqlite(conn: Conn, wal_long: Arc<AtomicBool>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
         let signal = committed.clone();
@@ -64,7 +65,7 @@ impl Committer {
             .name("fieldhook-writer".into())
             .spawn(move || {
                 let _runtime = runtime.enter();
-                run_sqlite(conn, rx, &signal, &bump);
+                run_sqlite(conn, rx, &signal, &bump, &wal_long);
             })
             .expect("spawning the SQLite writer thread");
         Self { tx, committed, webhooks_generation: Some(generation) }
@@ -130,7 +131,13 @@ fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     }
 }
 
-fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Job>, committed: &Notify, generation: &AtomicU64) {
+fn run_sqlite(
+    mut conn: Conn,
+    mut rx: mpsc::Receiver<Job>,
+    committed: &Notify,
+    generation: &AtomicU64,
+    wal_long: &AtomicBool,
+) {
     // SQLite reports every row this connection changes; a change to the
     // tables the engine's webhook list is read from marks the batch.
     let touched = Arc::new(AtomicBool::new(false));
@@ -163,6 +170,13 @@ fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Job>, committed: &Notify, g
                     let _ = c.execute_batch("ROLLBACK");
                 }
             }
+        }
+        // Between batches, after the callers have their answers.
+        if wal_long.load(Ordering::Relaxed)
+            && let Conn::Sqlite(c) = &conn
+            && super::sql::finish_checkpoint(c)
+        {
+            wal_long.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -208,6 +222,7 @@ async fn run_batch(
     settled: &mut (dyn FnMut() + Send),
 ) -> std::result::Result<(), Arc<SqlError>> {
     let single = batch.len() == 1;
+    metrics::histogram!(crate::metrics::COMMIT_BATCH).record(batch.len() as f64);
     let mut answers = Vec::with_capacity(batch.len());
     // IMMEDIATE takes SQLite's write lock up front, so a CLI command writing
     // beside the server makes this wait (busy timeout) instead of failing.

@@ -6,9 +6,10 @@ use super::Backend;
 use super::accounts::uuid_col;
 use super::sql::{self, Conn};
 use crate::clock::{from_micros, to_micros};
-use crate::domain::webhook::{Ordering, RetryPolicy, WebhookStatus};
+use crate::domain::webhook::{Ordering, PayloadSigner, RetryPolicy, WebhookStatus};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -18,7 +19,7 @@ pub struct Target {
     pub uuid: Uuid,
     pub url: String,
     pub secret: Option<String>,
-    pub signing_secret: String,
+    pub signer: PayloadSigner,
     pub ordering: Ordering,
     pub status: WebhookStatus,
     /// The key whose scopes the temporary token carries, while it is live.
@@ -40,7 +41,8 @@ impl Target {
 
 /// The webhooks that may be served: active and suspended ones (which of the
 /// latter are due for a probe depends on the time: [`Target::is_due`]).
-pub async fn targets(conn: &mut Conn) -> Result<Vec<Target>> {
+/// Shared, as every attempt in flight refers to its webhook.
+pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
     let rows = sql::query(
         "SELECT w.uuid, w.url, w.secret, w.signing_secret, w.ordering, w.status, w.created_by_key, \
          w.next_probe_at, k.revoked_at AS key_revoked, k.uuid AS key_uuid \
@@ -53,16 +55,16 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Target>> {
         .map(|r| {
             let key_live = r.try_get::<Option<String>, _>("key_uuid")?.is_some()
                 && r.try_get::<Option<i64>, _>("key_revoked")?.is_none();
-            Ok(Target {
+            Ok(Arc::new(Target {
                 uuid: uuid_col(r, "uuid")?,
                 url: r.try_get("url")?,
                 secret: r.try_get("secret")?,
-                signing_secret: r.try_get("signing_secret")?,
+                signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
                 ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
                 status: WebhookStatus::parse(&r.try_get::<String, _>("status")?),
                 token_key: if key_live { Some(uuid_col(r, "created_by_key")?) } else { None },
                 next_probe_at: r.try_get::<Option<i64>, _>("next_probe_at")?.map(from_micros),
-            })
+            }))
         })
         .collect()
 }
@@ -96,6 +98,8 @@ pub struct Due {
 /// On PostgreSQL the webhook row is locked for the claim and the live
 /// leases of every node count against `max_in_flight`, so the bound holds
 /// across nodes; run it in a transaction.
+///
+/// With `from`, the claim starts at that position in claim order.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,
@@ -107,6 +111,7 @@ pub async fn claim(
     probe: bool,
     lease: Duration,
     node: &str,
+    from: Option<Position>,
 ) -> Result<Vec<Due>> {
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
@@ -128,32 +133,29 @@ pub async fn claim(
             return Ok(Vec::new());
         }
     }
-    let ordered = if target.ordering == Ordering::Entity {
-        " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.webhook_uuid = r.webhook_uuid \
-           AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' \
-           AND (p.entity_version < r.entity_version \
-                OR (p.entity_version = r.entity_version AND p.event_uuid < r.event_uuid)))"
-    } else {
-        ""
-    };
+    let ordered = ordered_clause(target);
     let lock = match backend {
         Backend::Postgres => " FOR UPDATE OF r SKIP LOCKED",
         Backend::Sqlite => "",
     };
-    let rows = sql::query(&format!(
+    // From a position in claim order (SQLite: see `due_positions`).
+    let (from, from_send_at, from_uuid) = match from {
+        Some(p) => (" AND (r.send_at, r.uuid) >= ($5, $6)", p.send_at, p.uuid.to_string()),
+        None => ("", 0, String::new()),
+    };
+    let text = format!(
         "SELECT r.uuid, r.account_uuid, r.event_uuid, r.event_type, r.entity_type, r.entity_uuid, r.entity_version, \
          r.attempt_no, r.retry_no, e.body, e.created_at FROM requests r \
          JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
-         AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered} \
+         AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered}{from} \
          ORDER BY r.send_at, r.uuid LIMIT $3{lock}"
-    ))
-    .bind(target.uuid.to_string())
-    .bind(now_us)
-    .bind(limit)
-    .bind(due_by)
-    .fetch_all(&mut *conn)
-    .await?;
+    );
+    let mut q = sql::query(&text).bind(target.uuid.to_string()).bind(now_us).bind(limit).bind(due_by);
+    if !from.is_empty() {
+        q = q.bind(from_send_at).bind(from_uuid);
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
     let due: Vec<Due> = rows
         .iter()
         .map(|r| {
@@ -185,6 +187,47 @@ pub async fn claim(
         q.execute(conn).await?;
     }
     Ok(due)
+}
+
+/// With entity ordering, a request waits while an earlier event of the same
+/// resource is still pending for the same webhook.
+fn ordered_clause(target: &Target) -> &'static str {
+    if target.ordering == Ordering::Entity {
+        " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.webhook_uuid = r.webhook_uuid \
+           AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' \
+           AND (p.entity_version < r.entity_version \
+                OR (p.entity_version = r.entity_version AND p.event_uuid < r.event_uuid)))"
+    } else {
+        ""
+    }
+}
+
+/// A request's place in claim order (`send_at`, then `uuid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub send_at: i64,
+    pub uuid: Uuid,
+}
+
+/// SQLite: where the first `limit` due requests of one webhook stand in
+/// claim order, without reading the requests themselves (the claim index
+/// covers it). The sending process has no lease to hide the requests it
+/// holds, so a claim would return those first, bodies and all, only for
+/// them to be skipped; with these positions it can start [`claim`] at the
+/// first one it does not hold.
+pub async fn due_positions(conn: &mut Conn, target: &Target, limit: i64, now: DateTime<Utc>) -> Result<Vec<Position>> {
+    let rows = sql::query(&format!(
+        "SELECT r.send_at, r.uuid FROM requests r \
+         WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $2{} \
+         ORDER BY r.send_at, r.uuid LIMIT $3",
+        ordered_clause(target)
+    ))
+    .bind(target.uuid.to_string())
+    .bind(to_micros(now))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| Ok(Position { send_at: r.try_get("send_at")?, uuid: uuid_col(r, "uuid")? })).collect()
 }
 
 /// When the next scheduled request of an active webhook falls due, if any.
@@ -443,21 +486,43 @@ pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: u64) -> Result
 }
 
 /// Pending requests by state, and webhooks by status, for the gauges.
+///
+/// The backlog is counted per webhook, in the order of the `requests_due`
+/// index, and the webhooks' statuses are joined here: grouping the joined
+/// rows by state instead made SQLite sort the whole backlog through
+/// temporary files, every ten seconds, beside a drain.
 pub async fn stats(conn: &mut Conn, now: DateTime<Utc>) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
-    let pending = sql::query(
-        "SELECT CASE WHEN w.status <> 'active' THEN 'held' WHEN r.send_at <= $1 THEN 'due' ELSE 'retrying' END AS state, \
-         COUNT(*) FROM requests r JOIN webhooks w ON w.uuid = r.webhook_uuid WHERE r.status = 'scheduled' \
-         GROUP BY CASE WHEN w.status <> 'active' THEN 'held' WHEN r.send_at <= $1 THEN 'due' ELSE 'retrying' END",
+    let per_webhook = sql::query(
+        "SELECT webhook_uuid, COUNT(*) AS pending, SUM(CASE WHEN send_at <= $1 THEN 1 ELSE 0 END) AS due \
+         FROM requests WHERE status = 'scheduled' GROUP BY webhook_uuid",
     )
     .bind(to_micros(now))
     .fetch_all(&mut *conn)
     .await?;
-    let webhooks =
-        sql::query("SELECT status, COUNT(*) AS n FROM webhooks WHERE removed = 0 AND kind = 'user' GROUP BY status")
-            .fetch_all(conn)
-            .await?;
-    let pairs = |rows: Vec<sql::Row>| -> Result<Vec<(String, i64)>> {
-        rows.iter().map(|r| Ok((r.try_get(0usize)?, r.try_get(1usize)?))).collect()
-    };
-    Ok((pairs(pending)?, pairs(webhooks)?))
+    let webhooks = sql::query("SELECT uuid, status, removed, kind FROM webhooks").fetch_all(conn).await?;
+    let mut status_of = std::collections::HashMap::with_capacity(webhooks.len());
+    let mut by_status: Vec<(String, i64)> = Vec::new();
+    for w in &webhooks {
+        let status: String = w.try_get("status")?;
+        if w.try_get::<i64, _>("removed")? == 0 && w.try_get::<String, _>("kind")? == "user" {
+            match by_status.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => by_status.push((status.clone(), 1)),
+            }
+        }
+        status_of.insert(w.try_get::<String, _>("uuid")?, status);
+    }
+    let (mut held, mut due, mut retrying) = (0, 0, 0);
+    for r in &per_webhook {
+        let pending: i64 = r.try_get("pending")?;
+        let now_due: i64 = r.try_get("due")?;
+        if status_of.get(&r.try_get::<String, _>("webhook_uuid")?).is_some_and(|s| s == "active") {
+            due += now_due;
+            retrying += pending - now_due;
+        } else {
+            held += pending;
+        }
+    }
+    let pending = vec![("due".to_string(), due), ("retrying".to_string(), retrying), ("held".to_string(), held)];
+    Ok((pending, by_status))
 }

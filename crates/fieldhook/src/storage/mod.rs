@@ -77,13 +77,13 @@ impl Db {
             // it) for as long as the copy and its fsync take. A thread of
             // their own does them instead.
             writer.execute_batch("PRAGMA wal_autocheckpoint = 0").with_context(|| format!("opening {path}"))?;
-            sql::start_checkpointer(path).with_context(|| format!("opening {path}"))?;
+            let wal_long = sql::start_checkpointer(path).with_context(|| format!("opening {path}"))?;
             let read = ReadPool::Sqlite(SqliteReaders::new(path).with_context(|| format!("opening {path}"))?);
             return Ok(Db {
                 backend: Backend::Sqlite,
                 url: format!("sqlite://{path}"),
                 read,
-                committer: Committer::start_sqlite(Conn::Sqlite(writer)),
+                committer: Committer::start_sqlite(Conn::Sqlite(writer), wal_long),
                 _lock: lock.map(std::sync::Arc::new),
             });
         }

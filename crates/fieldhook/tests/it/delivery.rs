@@ -24,7 +24,84 @@ crate::on_both_backends!(
     the_test_event_and_deleting_a_webhook,
     webhook_urls_and_event_types_are_validated,
     sent_requests_are_pruned_after_the_retention_period,
+    the_backlog_gauges_count_held_retrying_and_due_requests,
 );
+
+/// `fieldhook_pending_requests` by state and `fieldhook_webhooks` by
+/// status, with exact values (each test runs in a process of its own).
+async fn the_backlog_gauges_count_held_retrying_and_due_requests(app: TestApp) {
+    let failing = Receiver::start().await;
+    failing.script(vec![], Answer::Status(500));
+    let retried = app.webhook(&failing.url, &["client_created"]).await;
+    let healthy = Receiver::start().await;
+    let held = app.webhook(&healthy.url, &["client_created"]).await;
+    app.post(&format!("/v2/webhooks/{held}/pause"), json!({})).await;
+    for i in 0..3 {
+        app.create("clients", json!({"first_name": format!("g{i}")})).await;
+    }
+    // Each event failed once at the failing webhook; its retry waits.
+    failing.wait_for(3).await;
+    app.wait_for_log(&retried, "three retries scheduled", |l| {
+        l.iter().filter(|r| r["status"] == "scheduled").count() == 3 && l.len() == 6
+    })
+    .await;
+    let engine = app.engine.as_ref().unwrap();
+    assert_eq!(gauges(engine).await, [3.0, 3.0, 0.0, 1.0, 1.0]);
+}
+
+/// Renders the gauges `engine` refreshes: pending requests held, retrying
+/// and due, then webhooks active and paused.
+async fn gauges(engine: &fieldhook::delivery::Engine) -> [f64; 5] {
+    let metrics = fieldhook::metrics::handle();
+    engine.refresh_gauges().await.unwrap();
+    let text = metrics.render();
+    let value = |series: &str| {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+    };
+    [
+        value("fieldhook_pending_requests{state=\"held\"}"),
+        value("fieldhook_pending_requests{state=\"retrying\"}"),
+        value("fieldhook_pending_requests{state=\"due\"}"),
+        value("fieldhook_webhooks{status=\"active\"}"),
+        value("fieldhook_webhooks{status=\"paused\"}"),
+    ]
+}
+
+/// On an API-only node nothing is sent: what the active webhook has waiting
+/// is due, what the paused one has is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_nobody_sends_yet_count_as_due() {
+    let (url, dir) = fresh_database(Backend::Sqlite).await.unwrap();
+    let app = spawn_with(Backend::Sqlite, url, dir, |s| Settings { role: Some("api".into()), ..s }).await;
+    assert!(app.engine.is_none());
+    app.webhook("https://example.com/a", &["client_created"]).await;
+    let held = app.webhook("https://example.com/b", &["client_created"]).await;
+    app.post(&format!("/v2/webhooks/{held}/pause"), json!({})).await;
+    for i in 0..2 {
+        app.create("clients", json!({"first_name": format!("d{i}")})).await;
+    }
+    let policy = fieldhook::domain::webhook::RetryPolicy {
+        schedule: vec![Duration::from_secs(10)],
+        jitter: 0.0,
+        suspend_min_failures: 10,
+        suspend_after: Duration::from_secs(3600),
+        probe_interval: Duration::from_secs(60),
+    };
+    let config = fieldhook::delivery::DeliveryConfig {
+        timeout: Duration::from_secs(1),
+        policy,
+        max_in_flight_per_webhook: 16,
+        allow_private_targets: true,
+        token_ttl: Duration::from_secs(60),
+        retention: Duration::from_secs(86400),
+    };
+    let tokens = fieldhook::api::auth::TokenSigner::new(vec![7; 32]);
+    let idle = fieldhook::delivery::Engine::new(app.db.clone(), std::sync::Arc::new(app.clock.clone()), config, tokens);
+    assert_eq!(gauges(&idle).await, [2.0, 0.0, 2.0, 1.0, 1.0]);
+}
 
 async fn sent_requests_are_pruned_after_the_retention_period(app: TestApp) {
     let rx = Receiver::start().await;

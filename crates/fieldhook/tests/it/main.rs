@@ -16,4 +16,5 @@ mod lifecycle;
 mod outbox;
 mod resources;
 mod scale_out;
+mod storage;
 mod users_and_teams;
