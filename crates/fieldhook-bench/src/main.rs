@@ -323,12 +323,18 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
     }
     let before = receiver.count.load(Ordering::Relaxed);
     let started = Instant::now();
-    let (created, _) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let (created, creating) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let delivered_meanwhile = receiver.count.load(Ordering::Relaxed) - before;
     let expected = before + (created * args.webhooks) as u64;
     wait_count(&receiver, expected, Duration::from_secs(300)).await;
-    let e2e = (receiver.count.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64();
+    let took = started.elapsed();
+    let e2e = (receiver.count.load(Ordering::Relaxed) - before) as f64 / took.as_secs_f64();
     rows.push(row(backend, "end-to-end deliveries", e2e, "deliveries/s", Some(ceiling), ">= 25% of ceiling"));
-    eprintln!("[{backend}] end to end with {} webhooks: {e2e:.0} deliveries/s", args.webhooks);
+    eprintln!(
+        "[{backend}] end to end with {} webhooks: {e2e:.0} deliveries/s ({created} events in {creating:.1?}, \
+         {delivered_meanwhile} deliveries meanwhile, the last after {took:.1?})",
+        args.webhooks
+    );
     for h in hooks.iter().skip(1) {
         api.post(&format!("/v2/webhooks/{h}/pause"), json!({})).await?;
     }

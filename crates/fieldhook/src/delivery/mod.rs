@@ -3,9 +3,10 @@
 //!
 //! It is a step plus a loop. [`Engine::dispatch`] claims what is due now and
 //! starts sending it; the loop around it wakes the moment a transaction
-//! commits (new events, recorded results) or the next retry falls due, with
-//! a slow safety poll so that nothing depends on a wake-up arriving. Results
-//! are written in batches through the group committer. Each webhook has a
+//! commits new requests or webhook changes, a slot frees (a POST ended, a
+//! result was recorded) or the next retry falls due, with a slow safety
+//! poll so that nothing depends on a wake-up arriving. Results are written
+//! in batches through the group committer. Each webhook has a
 //! bounded number of requests in flight, so one slow or dead endpoint never
 //! holds up the others.
 
@@ -536,9 +537,11 @@ impl Engine {
             committed.as_mut().enable();
             woken.as_mut().enable();
             freed.as_mut().enable();
+            // Having started sends is no reason to look again at once: what
+            // a pass leaves behind waits for a slot (its end wakes the loop),
+            // and anything newer comes with a commit (which does).
             let waiting = match self.dispatch().await {
-                Ok(Dispatched::Started(_)) => continue,
-                Ok(Dispatched::Waiting) => true,
+                Ok(Dispatched::Started(_) | Dispatched::Waiting) => true,
                 Ok(Dispatched::Idle) => false,
                 Err(e) => {
                     tracing::error!(error = %e, "dispatching deliveries failed");

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use sqlx::postgres::PgPool;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// How many jobs at most share one transaction. Large enough to amortise the
@@ -38,8 +38,10 @@ type Job = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Ran> + Send>;
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
-    /// Signalled after every successful commit, so that the delivery engine
-    /// picks up new requests at once instead of polling.
+    /// Signalled after a commit that may have given the delivery engine
+    /// work, so that it picks up new requests at once instead of polling:
+    /// on SQLite one that added requests or changed webhooks or keys, on
+    /// PostgreSQL every one.
     pub committed: Arc<Notify>,
     /// SQLite: bumped after each commit that changed a webhook or an API
     /// key, so the delivery engine can keep its list of webhooks until then.
@@ -120,6 +122,10 @@ impl Committer {
     }
 }
 
+/// What a SQLite batch changed, as the update hook saw it.
+const WEBHOOKS_CHANGED: u8 = 1;
+const REQUESTS_ADDED: u8 = 2;
+
 /// Takes the jobs waiting now, up to [`MAX_BATCH`], after `first`.
 fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     batch.push(first);
@@ -138,15 +144,21 @@ fn run_sqlite(
     generation: &AtomicU64,
     wal_long: &AtomicBool,
 ) {
-    // SQLite reports every row this connection changes; a change to the
-    // tables the engine's webhook list is read from marks the batch.
-    let touched = Arc::new(AtomicBool::new(false));
+    // SQLite reports every row this connection changes. A change to the
+    // tables the engine's webhook list is read from marks the batch, and so
+    // does a new request: only such commits can give the engine new work
+    // (results free slots, and the engine hears of those itself).
+    let changes = Arc::new(AtomicU8::new(0));
     if let Conn::Sqlite(c) = &conn {
-        let mark = touched.clone();
-        c.update_hook(Some(move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
-            if table == "webhooks" || table == "api_keys" {
-                mark.store(true, Ordering::Relaxed);
-            }
+        let mark = changes.clone();
+        c.update_hook(Some(move |action: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+            match (table, action) {
+                ("webhooks" | "api_keys", _) => mark.fetch_or(WEBHOOKS_CHANGED, Ordering::Relaxed),
+                ("requests", rusqlite::hooks::Action::SQLITE_INSERT) => {
+                    mark.fetch_or(REQUESTS_ADDED, Ordering::Relaxed)
+                }
+                _ => 0,
+            };
         }));
     }
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
@@ -155,13 +167,17 @@ fn run_sqlite(
         // Bumped before any caller hears back (so a paused webhook is never
         // served from the old list after the pause was acknowledged), and
         // whatever the outcome: a rolled-back change costs one extra read.
+        let mut wake = false;
         let mut settled = || {
-            if touched.swap(false, Ordering::Relaxed) {
+            let changed = changes.swap(0, Ordering::Relaxed);
+            if changed & WEBHOOKS_CHANGED != 0 {
                 generation.fetch_add(1, Ordering::Release);
             }
+            wake = changed != 0;
         };
         match futures::executor::block_on(run_batch(&mut conn, &mut batch, None, &mut settled)) {
-            Ok(()) => committed.notify_waiters(),
+            Ok(()) if wake => committed.notify_waiters(),
+            Ok(()) => {}
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
                 if let Conn::Sqlite(c) = &conn
