@@ -370,11 +370,13 @@ impl Engine {
     }
 
     /// Makes one attempt and hands its result to the recorder.
-    async fn send(&self, due: Due, target: Arc<Target>, probe: bool) {
+    async fn send(&self, mut due: Due, target: Arc<Target>, probe: bool) {
         let s = &self.shared;
         let now = s.clock.now();
         let headers = self.headers(&due, &target, now);
-        let answer = s.sender.post(&target.url, headers, due.body.clone()).await;
+        // The body is sent once; the attempt's record needs everything but it.
+        let body = std::mem::take(&mut due.body);
+        let answer = s.sender.post(&target.url, &target.parsed_url, headers, body).await;
         let outcome = crate::metrics::outcome(answer.code, answer.error_type);
         if outcome == "success" && due.attempt_no == 1 {
             let latency = (s.clock.now() - due.event_created_at).to_std().unwrap_or_default();

@@ -95,16 +95,21 @@ impl Sender {
         Self { client, timeout, allow_private }
     }
 
-    /// POSTs `body` to `url` with `headers`; never fails, every problem is
-    /// part of the answer.
-    pub async fn post(&self, url: &str, headers: reqwest::header::HeaderMap, body: String) -> Answer {
+    /// POSTs `body` to `url` (`parsed` is `url` parsed, once per webhook)
+    /// with `headers`; never fails, every problem is part of the answer.
+    pub async fn post(
+        &self,
+        url: &str,
+        parsed: &Result<url::Url, url::ParseError>,
+        headers: reqwest::header::HeaderMap,
+        body: String,
+    ) -> Answer {
         let started = Instant::now();
-        // Parsed once, for the address check and for the request.
-        let mut answer = match url::Url::parse(url) {
+        let mut answer = match parsed {
             Err(e) => failure("connection failure", format!("{url:?} is not a URL: {e}")),
-            Ok(url) => match self.refuse_literal(&url) {
+            Ok(parsed) => match self.refuse_literal(parsed) {
                 Some(a) => a,
-                None => match tokio::time::timeout(self.timeout, self.exchange(url, headers, body)).await {
+                None => match tokio::time::timeout(self.timeout, self.exchange(parsed.clone(), headers, body)).await {
                     Ok(a) => a,
                     Err(_) => failure("timeout", format!("no complete answer within {:?}", self.timeout)),
                 },

@@ -18,6 +18,8 @@ use uuid::Uuid;
 pub struct Target {
     pub uuid: Uuid,
     pub url: String,
+    /// `url` parsed, once per read of the webhooks rather than per attempt.
+    pub parsed_url: Result<url::Url, url::ParseError>,
     pub secret: Option<String>,
     pub signer: PayloadSigner,
     pub ordering: Ordering,
@@ -57,6 +59,7 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
                 && r.try_get::<Option<i64>, _>("key_revoked")?.is_none();
             Ok(Arc::new(Target {
                 uuid: uuid_col(r, "uuid")?,
+                parsed_url: url::Url::parse(&r.try_get::<String, _>("url")?),
                 url: r.try_get("url")?,
                 secret: r.try_get("secret")?,
                 signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
