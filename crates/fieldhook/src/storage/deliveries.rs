@@ -57,10 +57,11 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
         .map(|r| {
             let key_live = r.try_get::<Option<String>, _>("key_uuid")?.is_some()
                 && r.try_get::<Option<i64>, _>("key_revoked")?.is_none();
+            let url: String = r.try_get("url")?;
             Ok(Arc::new(Target {
                 uuid: uuid_col(r, "uuid")?,
-                parsed_url: url::Url::parse(&r.try_get::<String, _>("url")?),
-                url: r.try_get("url")?,
+                parsed_url: url::Url::parse(&url),
+                url,
                 secret: r.try_get("secret")?,
                 signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
                 ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
