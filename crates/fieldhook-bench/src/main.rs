@@ -49,9 +49,22 @@ struct Args {
     /// Run only the memory phase (peak RSS with `--pending` requests).
     #[arg(long)]
     memory_only: bool,
+    /// The phases to run, for profiling one at a time (the ceiling always
+    /// runs, as the ratios need it).
+    #[arg(long, value_delimiter = ',', default_value = "api,drain,e2e,latency,memory")]
+    phases: Vec<Phase>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "docs/benchmarks.json")]
     out: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Api,
+    Drain,
+    E2e,
+    Latency,
+    Memory,
 }
 
 /// A minimal receiver: answers 200 at once and counts. When tracking, it
@@ -273,14 +286,42 @@ impl Api {
 
 /// Measures one backend; `db` is a fresh database URL.
 async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let secs = Duration::from_secs(args.seconds);
     let key = create_account(&args.bin, db)?;
     let server = start_server(&args.bin, db).await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
-    let api = Api { http: http.clone(), base: server.base.clone(), key: key.clone() };
+    let api = Api { http, base: server.base.clone(), key };
     let (url, receiver) = start_receiver().await?;
 
-    // API throughput: durable job creates, then reads (no webhooks yet).
+    let run = |p: Phase| args.phases.contains(&p);
+    if run(Phase::Api) {
+        api_throughput(args, backend, &api, &server, rows).await?;
+    }
+    if run(Phase::Drain) {
+        drain(args, backend, &api, &server, &receiver, &url, ceiling, rows).await?;
+    }
+    // End to end: creates at full speed fan out to N webhooks.
+    let mut e2e = 4000.0;
+    if run(Phase::E2e) {
+        e2e = end_to_end(args, backend, &api, &receiver, &url, ceiling, rows).await?;
+    }
+    if run(Phase::Latency) {
+        latency(args, backend, &api, &receiver, &url, e2e, rows).await?;
+    }
+    rows.push(row(backend, "peak rss (all phases)", server.peak_rss_mb(), "MB", None, ""));
+    drop(server);
+    Ok(())
+}
+
+/// Durable job creates, then reads (no webhooks yet).
+async fn api_throughput(
+    args: &Args,
+    backend: &str,
+    api: &Api,
+    server: &Server,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let secs = Duration::from_secs(args.seconds);
+    let (http, key) = (&api.http, &api.key);
     let (created, took) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
     let creates = created as f64 / took.as_secs_f64();
     rows.push(row(backend, "api job creates", creates, "creates/s", None, ">= 10000/s on SQLite"));
@@ -292,15 +333,28 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
     .await;
     rows.push(row(backend, "api job reads", read as f64 / took.as_secs_f64(), "reads/s", None, ""));
     eprintln!("[{backend}] api: {creates:.0} creates/s, {:.0} reads/s", read as f64 / took.as_secs_f64());
+    Ok(())
+}
 
-    // Drain: events pile up for a paused webhook, then it is resumed.
-    let hook = api.webhook(&url, true).await?;
+/// Events pile up for a paused webhook, then it is resumed.
+#[allow(clippy::too_many_arguments)]
+async fn drain(
+    args: &Args,
+    backend: &str,
+    api: &Api,
+    server: &Server,
+    receiver: &Receiver,
+    url: &str,
+    ceiling: f64,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let hook = api.webhook(url, true).await?;
     let (piled, took) = blast(args.concurrency, Some(args.drain_events), None, api.create_job()).await;
     eprintln!("[{backend}] piled up {piled} events in {took:.1?}");
     let before = receiver.count.load(Ordering::Relaxed);
     let cpu_before = server.cpu_seconds();
     api.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await?;
-    let drained = wait_count(&receiver, before + piled as u64, Duration::from_secs(600)).await;
+    let drained = wait_count(receiver, before + piled as u64, Duration::from_secs(600)).await;
     let delivered = receiver.count.load(Ordering::Relaxed) - before;
     let cpu = server.cpu_seconds() - cpu_before;
     let drain_rate = delivered as f64 / drained.as_secs_f64();
@@ -315,18 +369,31 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
     ));
     eprintln!("[{backend}] drained {delivered} in {drained:.1?}: {drain_rate:.0}/s, {cpu:.1} cpu-s");
     api.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await?;
+    Ok(())
+}
 
-    // End to end: creates at full speed fan out to N webhooks.
+/// Creates at full speed fan out to `--webhooks` webhooks; returns the
+/// deliveries per second.
+async fn end_to_end(
+    args: &Args,
+    backend: &str,
+    api: &Api,
+    receiver: &Receiver,
+    url: &str,
+    ceiling: f64,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<f64> {
+    let secs = Duration::from_secs(args.seconds);
     let mut hooks = Vec::new();
     for _ in 0..args.webhooks {
-        hooks.push(api.webhook(&url, false).await?);
+        hooks.push(api.webhook(url, false).await?);
     }
     let before = receiver.count.load(Ordering::Relaxed);
     let started = Instant::now();
     let (created, creating) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
     let delivered_meanwhile = receiver.count.load(Ordering::Relaxed) - before;
     let expected = before + (created * args.webhooks) as u64;
-    wait_count(&receiver, expected, Duration::from_secs(300)).await;
+    wait_count(receiver, expected, Duration::from_secs(300)).await;
     let took = started.elapsed();
     let e2e = (receiver.count.load(Ordering::Relaxed) - before) as f64 / took.as_secs_f64();
     rows.push(row(backend, "end-to-end deliveries", e2e, "deliveries/s", Some(ceiling), ">= 25% of ceiling"));
@@ -335,13 +402,26 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
          {delivered_meanwhile} deliveries meanwhile, the last after {took:.1?})",
         args.webhooks
     );
-    for h in hooks.iter().skip(1) {
+    for h in hooks {
         api.post(&format!("/v2/webhooks/{h}/pause"), json!({})).await?;
     }
+    Ok(e2e)
+}
 
-    // Latency from the API's 2xx to the receiver, one webhook, paced.
+/// Latency from the API's 2xx to the receiver, one webhook, paced.
+async fn latency(
+    args: &Args,
+    backend: &str,
+    api: &Api,
+    receiver: &Arc<Receiver>,
+    url: &str,
+    e2e: f64,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let secs = Duration::from_secs(args.seconds);
+    let hook = api.webhook(url, false).await?;
     for (label, rate) in [("1000/s", 1000.0), ("near saturation", (e2e / args.webhooks as f64 * 0.8).max(1000.0))] {
-        let lat = paced_latency(&api, &receiver, rate, secs).await?;
+        let lat = paced_latency(api, receiver, rate, secs).await?;
         rows.push(row(backend, &format!("latency p50 at {label}"), lat.0, "ms", None, ""));
         rows.push(row(
             backend,
@@ -354,8 +434,7 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
         rows.push(row(backend, &format!("latency max at {label}"), lat.2, "ms", None, ""));
         eprintln!("[{backend}] latency at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", lat.0, lat.1, lat.2);
     }
-    rows.push(row(backend, "peak rss (all phases)", server.peak_rss_mb(), "MB", None, ""));
-    drop(server);
+    api.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await?;
     Ok(())
 }
 
@@ -447,18 +526,61 @@ async fn fresh_schema(base: &str) -> anyhow::Result<String> {
     Ok(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
-/// The loopback ceiling: a plain keep-alive client alone.
-async fn ceiling(args: &Args) -> anyhow::Result<f64> {
+/// A ~1 KB JSON body, the size of a job's webhook.
+fn ceiling_body() -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(
+        &json!({"event_uuid": "x", "event_type": "job_created", "job": {"description": "x".repeat(900)}}),
+    )?)
+}
+
+/// The loopback ceiling with reqwest, the usual Rust HTTP client.
+async fn reqwest_ceiling(args: &Args) -> anyhow::Result<f64> {
     let (url, _receiver) = start_receiver().await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
-    let body = serde_json::to_vec(
-        &json!({"event_uuid": "x", "event_type": "job_created", "job": {"description": "x".repeat(900)}}),
-    )?;
+    let body = ceiling_body()?;
     let (n, took) = blast(args.concurrency, None, Some(Duration::from_secs(args.seconds)), move |_| {
         http.post(&url).header("content-type", "application/json").body(body.clone())
     })
     .await;
     Ok(n as f64 / took.as_secs_f64())
+}
+
+/// The loopback ceiling with hyper's bare HTTP/1.1 connections (what
+/// fieldhook delivers with): one keep-alive connection per worker.
+async fn hyper_ceiling(args: &Args) -> anyhow::Result<f64> {
+    use http_body_util::{BodyExt, Full};
+    let (url, _receiver) = start_receiver().await?;
+    let addr = url.trim_start_matches("http://").trim_end_matches("/hook").to_string();
+    let body = bytes::Bytes::from(ceiling_body()?);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (addr, body, done) = (addr.clone(), body.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            while Instant::now() < deadline {
+                let request = hyper::Request::post("/hook")
+                    .header("host", &addr)
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))?;
+                let response = send.send_request(request).await?;
+                if response.status().is_success() {
+                    response.into_body().collect().await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 fn machine() -> Value {
@@ -482,14 +604,22 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut rows = Vec::new();
     if !args.memory_only {
-        let ceiling = ceiling(&args).await?;
-        eprintln!("ceiling: {ceiling:.0} POSTs/s");
+        // The ceiling is the faster of two plain keep-alive clients, so that
+        // fieldhook's lean client does not flatter its own ratios.
+        let with_reqwest = reqwest_ceiling(&args).await?;
+        let with_hyper = hyper_ceiling(&args).await?;
+        let ceiling = with_reqwest.max(with_hyper);
+        eprintln!("ceiling: {ceiling:.0} POSTs/s (reqwest {with_reqwest:.0}, hyper {with_hyper:.0})");
         rows.push(row("loopback", "ceiling: plain keep-alive client", ceiling, "posts/s", Some(ceiling), ""));
+        rows.push(row("loopback", "reqwest keep-alive client", with_reqwest, "posts/s", Some(ceiling), ""));
+        rows.push(row("loopback", "hyper keep-alive connections", with_hyper, "posts/s", Some(ceiling), ""));
         let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
         measure(&args, "sqlite", &sqlite, ceiling, &mut rows).await?;
     }
-    let mem_db = format!("sqlite://{}", dir.path().join("memory.db").display());
-    memory(&args, "sqlite", &mem_db, &mut rows).await?;
+    if args.memory_only || args.phases.contains(&Phase::Memory) {
+        let mem_db = format!("sqlite://{}", dir.path().join("memory.db").display());
+        memory(&args, "sqlite", &mem_db, &mut rows).await?;
+    }
     if let (Some(pg), false) = (&args.postgres, args.memory_only) {
         let ceiling = rows[0].value;
         let url = fresh_schema(pg).await?;

@@ -18,7 +18,7 @@ use crate::domain::webhook::{RetryPolicy, WebhookStatus};
 use crate::error::Result;
 use crate::storage::deliveries::{self, Attempt, Due, Target};
 use crate::storage::{Backend, Db};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use sender::Sender;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -86,6 +86,9 @@ struct InFlight {
     ahead: HashMap<Uuid, VecDeque<Due>>,
     /// The requests in `ahead`.
     ahead_ids: HashSet<Uuid>,
+    /// The list of webhooks `ahead` was last checked against (held, so
+    /// that a new list can never share its address).
+    ahead_checked_against: Option<Arc<Vec<Arc<Target>>>>,
 }
 
 impl InFlight {
@@ -186,16 +189,21 @@ impl Engine {
         let s = &self.shared;
         s.in_flight.lock().expect("in-flight lock").finished_this_pass.clear();
         let now = s.clock.now();
-        let targets = self.targets().await?;
-        let targets: Vec<&Arc<Target>> = targets.iter().filter(|t| t.is_due(now)).collect();
+        let all = self.targets().await?;
+        let targets: Vec<&Arc<Target>> = all.iter().filter(|t| t.is_due(now)).collect();
         {
             // Read-ahead is only for webhooks that are still served normally.
+            // Statuses change only with a new list, so the check is needed
+            // once per list, not at every pass (a pass per finished POST).
             let mut f = s.in_flight.lock().expect("in-flight lock");
-            let serving: HashSet<Uuid> =
-                targets.iter().filter(|t| t.status == WebhookStatus::Active).map(|t| t.uuid).collect();
-            let stale: Vec<Uuid> = f.ahead.keys().filter(|w| !serving.contains(w)).copied().collect();
-            for webhook in stale {
-                f.drop_ahead(&webhook);
+            if !f.ahead_checked_against.as_ref().is_some_and(|checked| Arc::ptr_eq(checked, &all)) {
+                let serving: HashSet<Uuid> =
+                    targets.iter().filter(|t| t.status == WebhookStatus::Active).map(|t| t.uuid).collect();
+                let stale: Vec<Uuid> = f.ahead.keys().filter(|w| !serving.contains(w)).copied().collect();
+                for webhook in stale {
+                    f.drop_ahead(&webhook);
+                }
+                f.ahead_checked_against = Some(all.clone());
             }
         }
         let mut started = 0;
@@ -376,7 +384,7 @@ impl Engine {
         let headers = self.headers(&due, &target, now);
         // The body is sent once; the attempt's record needs everything but it.
         let body = std::mem::take(&mut due.body);
-        let answer = s.sender.post(&target.url, &target.parsed_url, headers, body).await;
+        let answer = s.sender.post(&target.endpoint, headers, body).await;
         let outcome = crate::metrics::outcome(answer.code, answer.error_type);
         if outcome == "success" && due.attempt_no == 1 {
             let latency = (s.clock.now() - due.event_created_at).to_std().unwrap_or_default();

@@ -6,6 +6,7 @@ use super::Backend;
 use super::accounts::uuid_col;
 use super::sql::{self, Conn};
 use crate::clock::{from_micros, to_micros};
+use crate::delivery::sender::Endpoint;
 use crate::domain::webhook::{Ordering, PayloadSigner, RetryPolicy, WebhookStatus};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
@@ -19,7 +20,7 @@ pub struct Target {
     pub uuid: Uuid,
     pub url: String,
     /// `url` parsed, once per read of the webhooks rather than per attempt.
-    pub parsed_url: Result<url::Url, url::ParseError>,
+    pub endpoint: Result<Arc<Endpoint>, String>,
     pub secret: Option<String>,
     pub signer: PayloadSigner,
     pub ordering: Ordering,
@@ -60,7 +61,7 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
             let url: String = r.try_get("url")?;
             Ok(Arc::new(Target {
                 uuid: uuid_col(r, "uuid")?,
-                parsed_url: url::Url::parse(&url),
+                endpoint: Endpoint::parse(&url).map(Arc::new),
                 url,
                 secret: r.try_get("secret")?,
                 signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
@@ -161,8 +162,10 @@ pub async fn claim(
     }
     let rows = q.fetch_all(&mut *conn).await?;
     let due: Vec<Due> = rows
-        .iter()
-        .map(|r| {
+        .into_iter()
+        .map(|mut r| {
+            let body = r.take_text("body")?;
+            let r = &r;
             Ok(Due {
                 request: uuid_col(r, "uuid")?,
                 webhook: target.uuid,
@@ -174,7 +177,7 @@ pub async fn claim(
                 entity_version: r.try_get("entity_version")?,
                 attempt_no: r.try_get("attempt_no")?,
                 retry_no: r.try_get("retry_no")?,
-                body: r.try_get("body")?,
+                body,
                 event_created_at: from_micros(r.try_get("created_at")?),
             })
         })

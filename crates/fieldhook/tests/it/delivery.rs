@@ -609,3 +609,106 @@ async fn a_hanging_receiver_times_out() {
     assert_eq!(sent["error_type"], "timeout");
     assert!(sent["request_time_ms"].as_i64().unwrap() >= 250);
 }
+
+/// The sender keeps connections alive, so it must cope with receivers that
+/// close them: after every answer (`Connection: close`), or silently a
+/// moment after answering. Every event arrives at its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_that_close_connections_get_every_event_at_the_first_attempt() {
+    let Some(app) = crate::helpers::spawn_app(Backend::Sqlite).await else { return };
+    let polite = Receiver::start().await;
+    polite.answer_with(|_| Answer::WithHeader(200, "connection", "close".into()));
+    let polite_hook = app.webhook(&polite.url, &["job_created"]).await;
+    let (abrupt_url, abrupt_count) = closing_receiver().await;
+    let abrupt_hook = app.webhook(&abrupt_url, &["job_created"]).await;
+    for _ in 0..6 {
+        app.create("jobs", json!({})).await;
+        // Long enough for the abrupt receiver to have closed the last one.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    polite.wait_for(6).await;
+    for hook in [polite_hook, abrupt_hook] {
+        let log = app
+            .wait_for_log(&hook, "six successes", |l| l.iter().filter(|r| r["http_response_code"] == 200).count() == 6)
+            .await;
+        assert!(log.iter().all(|r| r["attempt_no"] == 1 && r["error_type"].is_null()), "{log:#?}");
+    }
+    assert_eq!(abrupt_count.load(std::sync::atomic::Ordering::SeqCst), 6);
+}
+
+/// A raw HTTP/1.1 receiver that answers 200 without `Connection: close`
+/// and closes the connection 20 ms later; returns its URL and a count.
+async fn closing_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then as many body bytes as Content-Length says.
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+/// A long answer is logged up to 16 KiB, and the connection it came on is
+/// not reused half-read: the next event is delivered normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_is_cut_at_16_kib_and_the_next_delivery_works() {
+    let Some(app) = crate::helpers::spawn_app(Backend::Sqlite).await else { return };
+    let rx = Receiver::start().await;
+    rx.script(vec![Answer::Body(200, "x".repeat(100_000))], Answer::Status(200));
+    let hook = app.webhook(&rx.url, &["job_created"]).await;
+    app.create("jobs", json!({})).await;
+    app.wait_for_log(&hook, "the long answer", |l| l.iter().any(|r| r["status"] == "sent")).await;
+    app.create("jobs", json!({})).await;
+    let log = app
+        .wait_for_log(&hook, "both answers", |l| l.iter().filter(|r| r["http_response_code"] == 200).count() == 2)
+        .await;
+    let long = log.iter().find(|r| r["http_response_body"].as_str().is_some_and(|b| b.len() > 2)).unwrap();
+    assert_eq!(long["http_response_body"].as_str().unwrap().len(), 16 * 1024);
+    assert!(log.iter().all(|r| r["error_type"].is_null()), "{log:#?}");
+}
+
+/// An https webhook whose server does not speak TLS fails as `tls failure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_handshake_is_a_tls_failure() {
+    let Some(app) = crate::helpers::spawn_app(Backend::Sqlite).await else { return };
+    let plain = Receiver::start().await;
+    let hook = app.webhook(&plain.url.replacen("http://", "https://", 1), &["job_created"]).await;
+    app.create("jobs", json!({})).await;
+    let log = app.wait_for_log(&hook, "the tls failure", |l| l.iter().any(|r| r["status"] == "sent")).await;
+    let sent = log.iter().find(|r| r["status"] == "sent").unwrap();
+    assert_eq!(sent["error_type"], "tls failure", "{sent:#}");
+    assert_eq!(sent["http_response_code"], Value::Null);
+    assert!(plain.received().is_empty());
+}

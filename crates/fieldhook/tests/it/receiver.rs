@@ -38,6 +38,8 @@ pub enum Answer {
     Slow(Duration, u16),
     /// Never answer.
     Hang,
+    /// A status with this body.
+    Body(u16, String),
 }
 
 type Policy = Box<dyn FnMut(&Received) -> Answer + Send>;
@@ -127,6 +129,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
             tokio::time::sleep(pause).await;
             (status(code), "ok").into_response()
         }
+        Answer::Body(code, body) => (status(code), body).into_response(),
         Answer::Hang => {
             std::future::pending::<()>().await;
             unreachable!()
