@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
+use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -107,7 +108,8 @@ pub async fn create_user(
     let account = auth.account();
     let now = state.clock.now();
     let input = body.value;
-    let op: WriteOp = Box::new(move |conn| {
+    let op: WriteOp = Arc::new(move |conn| {
+        let input = input.clone();
         Box::pin(async move {
             let user = input.create(Uuid::now_v7(), now)?;
             USERS.insert(conn, account, user.uuid, &user.email, &user).await?;
@@ -232,7 +234,8 @@ pub async fn create_team(
     auth.require("users:write")?;
     let account = auth.account();
     let input = body.value;
-    let op: WriteOp = Box::new(move |conn| {
+    let op: WriteOp = Arc::new(move |conn| {
+        let input = input.clone();
         Box::pin(async move {
             let team = input.create(Uuid::now_v7())?;
             check_workers(conn, account, &team).await?;
@@ -341,7 +344,8 @@ pub async fn create_job_type(
     auth.require("jobs:write")?;
     let account = auth.account();
     let input = body.value;
-    let op: WriteOp = Box::new(move |conn| {
+    let op: WriteOp = Arc::new(move |conn| {
+        let input = input.clone();
         Box::pin(async move {
             let t = input.create(Uuid::now_v7())?;
             JOB_TYPES.insert(conn, account, t.uuid, &t.code, &t).await?;

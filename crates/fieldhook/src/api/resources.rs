@@ -44,7 +44,7 @@ impl WriteContext {
 /// A versioned resource served under `/v2/<plural>`.
 #[async_trait]
 pub trait ApiResource: Stored {
-    type Input: DeserializeOwned + Send + Sync + 'static;
+    type Input: DeserializeOwned + Clone + Send + Sync + 'static;
     /// `client` — the key of one resource in answers and the prefix of `<name>_uuid`.
     const NAME: &'static str;
     /// `clients` — the path segment and the key of lists.
@@ -99,7 +99,8 @@ pub async fn create<R: ApiResource>(
     let write = WriteContext::new(state, headers);
     let now = write.now;
     let input = body.value;
-    let op: WriteOp = Box::new(move |conn| {
+    let op: WriteOp = std::sync::Arc::new(move |conn| {
+        let (input, write) = (input.clone(), write.clone());
         Box::pin(async move {
             let (resource, extra) = R::build(conn, account, input, None, now).await?;
             resources::create(conn, account, &resource, &Context::api(now), &extra).await?;

@@ -42,8 +42,12 @@ pub fn wrap_docs(key: &str, docs: &[String]) -> String {
     out
 }
 
-pub type WriteOp =
-    Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<(StatusCode, serde_json::Value)>> + Send>;
+/// A create's writes. It may run more than once (the group committer runs
+/// it again after undoing it when another create sharing its savepoint
+/// failed), so it only writes to the database.
+pub type WriteOp = std::sync::Arc<
+    dyn for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<(StatusCode, serde_json::Value)>> + Send + Sync,
+>;
 
 /// Runs a create. With an `Idempotency-Key`, a repeat of the same request
 /// within 24 h gets the first answer and creates nothing; the same key with
@@ -77,7 +81,8 @@ pub async fn create(
     let (status, body) = state
         .db
         .committer
-        .write(move |conn| {
+        .write_rerunnable(move |conn| {
+            let (key, hash, op) = (key.clone(), hash.clone(), op.clone());
             Box::pin(async move {
                 if let Some(key) = &key
                     && let Idempotency::Replay { status, body } =

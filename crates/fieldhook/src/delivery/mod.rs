@@ -124,6 +124,25 @@ struct Shared {
     freed: Notify,
     /// SQLite: the webhooks last read.
     targets: Mutex<Option<CachedTargets>>,
+    attempt_metrics: AttemptMetrics,
+}
+
+/// The metrics every attempt touches, looked up once: through the macros
+/// each update is a registry look-up (hashing the name and labels).
+struct AttemptMetrics {
+    successes: metrics::Counter,
+    latency: metrics::Histogram,
+    duration: metrics::Histogram,
+}
+
+impl AttemptMetrics {
+    fn new() -> Self {
+        Self {
+            successes: metrics::counter!(crate::metrics::DELIVERIES, "outcome" => "success"),
+            latency: metrics::histogram!(crate::metrics::DELIVERY_LATENCY),
+            duration: metrics::histogram!(crate::metrics::ATTEMPT_DURATION),
+        }
+    }
 }
 
 /// The webhooks as last read, with the committer's webhook generation they
@@ -170,6 +189,7 @@ impl Engine {
                 results,
                 freed: Notify::new(),
                 targets: Mutex::new(None),
+                attempt_metrics: AttemptMetrics::new(),
             }),
             results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
             wake: Arc::new(Notify::new()),
@@ -386,12 +406,17 @@ impl Engine {
         let body = std::mem::take(&mut due.body);
         let answer = s.sender.post(&target.endpoint, headers, body).await;
         let outcome = crate::metrics::outcome(answer.code, answer.error_type);
-        if outcome == "success" && due.attempt_no == 1 {
-            let latency = (s.clock.now() - due.event_created_at).to_std().unwrap_or_default();
-            metrics::histogram!(crate::metrics::DELIVERY_LATENCY).record(latency.as_secs_f64());
+        let m = &s.attempt_metrics;
+        if outcome == "success" {
+            if due.attempt_no == 1 {
+                let latency = (s.clock.now() - due.event_created_at).to_std().unwrap_or_default();
+                m.latency.record(latency.as_secs_f64());
+            }
+            m.successes.increment(1);
+        } else {
+            metrics::counter!(crate::metrics::DELIVERIES, "outcome" => outcome).increment(1);
         }
-        metrics::counter!(crate::metrics::DELIVERIES, "outcome" => outcome).increment(1);
-        metrics::histogram!(crate::metrics::ATTEMPT_DURATION).record(answer.elapsed.as_secs_f64());
+        m.duration.record(answer.elapsed.as_secs_f64());
         // The POST is over: its slot is free for the next one, while the
         // request itself stays claimed until its result is committed.
         {

@@ -16,6 +16,7 @@ crate::on_both_backends!(
     a_taken_external_id_is_refused_by_name,
     a_site_references_a_client_by_either_id,
     history_pages_keep_a_version_together,
+    a_failed_create_in_a_busy_group_commit_rolls_back_only_itself,
 );
 
 async fn a_client_is_found_by_uuid_and_by_external_id(app: TestApp) {
@@ -219,4 +220,39 @@ async fn history_pages_keep_a_version_together(app: TestApp) {
     let versions: Vec<_> = rest["history"].as_array().unwrap().iter().map(|e| e["version"].as_i64().unwrap()).collect();
     assert_eq!(versions, vec![2, 3, 4]);
     assert!(app.get(&format!("/v2/jobs/{job}/history?after=4")).await.body["history"].as_array().unwrap().is_empty());
+}
+
+/// Creates that arrive together share a group commit, and a savepoint: when
+/// one fails (a taken external_id) the others are undone and run again, so
+/// every other create is stored with its event and the failed ones left
+/// nothing behind.
+async fn a_failed_create_in_a_busy_group_commit_rolls_back_only_itself(app: TestApp) {
+    let requests = (0..60).map(|i| {
+        let external_id = if i % 3 == 0 { "dup".to_string() } else { format!("own-{i}") };
+        let body = json!({"first_name": format!("C{i}"), "external_id": external_id});
+        let app = &app;
+        async move { (i, app.post("/v2/clients", body).await) }
+    });
+    let replies = futures::future::join_all(requests).await;
+    let mut created = Vec::new();
+    for (i, r) in &replies {
+        if i % 3 != 0 {
+            assert_eq!(r.status, 201, "create {i}: {:?}", r.body);
+            created.push(r.body["client_uuid"].as_str().unwrap().to_string());
+        }
+    }
+    let dups: Vec<_> = replies.iter().filter(|(i, _)| i % 3 == 0).map(|(_, r)| r).collect();
+    assert_eq!(dups.iter().filter(|r| r.status == 201).count(), 1, "exactly one create takes \"dup\"");
+    for r in dups.iter().filter(|r| r.status != 201) {
+        assert_eq!(r.status, 422, "{:?}", r.body);
+        assert!(r.body["errors"]["external_id"].is_array(), "{:?}", r.body);
+    }
+    created.push(dups.iter().find(|r| r.status == 201).unwrap().body["client_uuid"].as_str().unwrap().to_string());
+    for uuid in &created {
+        let r = app.get(&format!("/v2/clients/{uuid}")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["client"]["version"], 1);
+    }
+    assert_eq!(app.get("/v2/clients?limit=100").await.body["clients"].as_array().unwrap().len(), 41);
+    assert_eq!(app.outbox_total().await, 41, "one client_created per stored client, none for the failed ones");
 }
