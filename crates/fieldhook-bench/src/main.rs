@@ -236,7 +236,8 @@ fn row(backend: &str, metric: &str, value: f64, unit: &str, ceiling: Option<f64>
     Row {
         backend: backend.into(),
         metric: metric.into(),
-        value: (value * 100.0).round() / 100.0,
+        // Two decimals, four for small figures (CPU seconds per 1,000).
+        value: if value.abs() >= 1.0 { (value * 100.0).round() / 100.0 } else { (value * 10000.0).round() / 10000.0 },
         unit: unit.into(),
         ratio_of_ceiling: ceiling.map(|c| (value / c * 1000.0).round() / 1000.0),
         target: target.into(),
@@ -429,7 +430,7 @@ async fn latency(
             lat.1,
             "ms",
             None,
-            if rate == 1000.0 { "<= 5 ms" } else { "" },
+            if label == "1000/s" { "<= 5 ms" } else { "" },
         ));
         rows.push(row(backend, &format!("latency max at {label}"), lat.2, "ms", None, ""));
         eprintln!("[{backend}] latency at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", lat.0, lat.1, lat.2);

@@ -348,16 +348,10 @@ async fn run_batch(
                         continue;
                     }
                     for mut job in run.drain(..) {
-                        if failure.is_none() {
-                            let mut ran_keep = false;
-                            let result = in_savepoint(conn, async |c: &mut Conn| {
-                                ran_keep = job.run(c).await;
-                                ran_keep
-                            })
-                            .await;
-                            if let Err(e) = result {
-                                failure = Some(e);
-                            }
+                        if failure.is_none()
+                            && let Err(e) = in_savepoint(conn, async |c: &mut Conn| job.run(c).await).await
+                        {
+                            failure = Some(e);
                         }
                         answers.push(Answer::Again(job));
                     }
