@@ -49,15 +49,17 @@ async fn the_sqlite_wal_starts_over_under_a_steady_stream_of_commits() {
             largest
         }
     });
-    // Rows of one page each from 8 writers at once, for two seconds: some
-    // hundred megabytes through the WAL.
-    let started = std::time::Instant::now();
+    // Rows of one page each from 8 writers at once, until about 200 MB have
+    // gone through the WAL: an amount, not a time, as a slow machine writes
+    // too little in a few seconds for the WAL to have had to start over
+    // (it may grow to 4,096 frames first).
+    let claimed_rows = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let writers: Vec<_> = (0..8)
         .map(|_| {
-            let db = db.clone();
+            let (db, claimed_rows) = (db.clone(), claimed_rows.clone());
             tokio::spawn(async move {
                 let mut rows = 0;
-                while started.elapsed() < Duration::from_secs(2) {
+                while claimed_rows.fetch_add(4, Ordering::Relaxed) < 48_000 {
                     db.committer
                         .write(|c| {
                             Box::pin(async move {
