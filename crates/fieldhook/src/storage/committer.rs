@@ -62,10 +62,7 @@ where
 {
     fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, bool> {
         Box::pin(async move {
-            let outcome = AssertUnwindSafe((self.f)(conn))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("a write job panicked"))));
+            let outcome = caught((self.f)(conn)).await;
             let keep = outcome.is_ok();
             self.outcome = Some(outcome);
             keep
@@ -73,11 +70,24 @@ where
     }
 
     fn answer(mut self: Box<Self>, commit: std::result::Result<(), Arc<SqlError>>) {
-        let result = match commit {
-            Ok(()) => self.outcome.take().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a job never ran")))),
-            Err(e) => Err(Error::Internal(anyhow::anyhow!("commit failed: {e}"))),
-        };
-        let _ = self.reply.send(result);
+        let outcome = self.outcome.take().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a job never ran"))));
+        let _ = self.reply.send(settle(outcome, commit));
+    }
+}
+
+/// A job's outcome, with a panic turned into an error.
+async fn caught<T>(job: BoxFuture<'_, Result<T>>) -> Result<T> {
+    AssertUnwindSafe(job)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("a write job panicked"))))
+}
+
+/// What a job's caller hears: its outcome if the transaction committed.
+fn settle<T>(outcome: Result<T>, commit: std::result::Result<(), Arc<SqlError>>) -> Result<T> {
+    match commit {
+        Ok(()) => outcome,
+        Err(e) => Err(Error::Internal(anyhow::anyhow!("commit failed: {e}"))),
     }
 }
 
@@ -147,19 +157,12 @@ impl Committer {
         let (reply, answer) = oneshot::channel::<Result<T>>();
         let job: OnceJob = Box::new(move |conn| {
             Box::pin(async move {
-                let outcome = AssertUnwindSafe(f(conn))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| Err(Error::Internal(anyhow::anyhow!("a write job panicked"))));
+                let outcome = caught(f(conn)).await;
                 let keep = outcome.is_ok();
                 Ran {
                     keep,
                     answer: Box::new(move |commit| {
-                        let result = match commit {
-                            Ok(()) => outcome,
-                            Err(e) => Err(Error::Internal(anyhow::anyhow!("commit failed: {e}"))),
-                        };
-                        let _ = reply.send(result);
+                        let _ = reply.send(settle(outcome, commit));
                     }),
                 }
             })

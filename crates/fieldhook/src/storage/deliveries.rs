@@ -18,8 +18,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Target {
     pub uuid: Uuid,
-    pub url: String,
-    /// `url` parsed, once per read of the webhooks rather than per attempt.
+    /// The webhook's URL, parsed once per read of the webhooks rather than
+    /// per attempt.
     pub endpoint: Result<Arc<Endpoint>, String>,
     pub secret: Option<String>,
     pub signer: PayloadSigner,
@@ -62,7 +62,6 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
             Ok(Arc::new(Target {
                 uuid: uuid_col(r, "uuid")?,
                 endpoint: Endpoint::parse(&url).map(Arc::new),
-                url,
                 secret: r.try_get("secret")?,
                 signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
                 ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
@@ -380,9 +379,6 @@ pub async fn record(
 /// once per connection) serve every batch size.
 const MARK_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
-/// Columns per row of [`mark_sent`]'s VALUES list.
-const MARK_COLUMNS: usize = 9;
-
 /// Marks the attempts' requests sent, with their outcomes, if they are
 /// still scheduled; returns the requests it marked.
 ///
@@ -399,23 +395,13 @@ async fn mark_sent(
         // UPDATE … FROM as a join through a temporary table: a drain took
         // a third more CPU with it. So one UPDATE per attempt.
         for (a, outcome) in attempts.iter().zip(outcomes) {
-            let done = sql::query(
-                "UPDATE requests SET status = 'sent', outcome = $1, sent_at = $2, request_time_ms = $3, \
-                 http_response_code = $4, http_response_headers = $5, http_response_body = $6, error_type = $7, \
-                 error_description = $8, claimed_by = NULL, claimed_until = NULL \
-                 WHERE uuid = $9 AND status = 'scheduled'",
-            )
-            .bind(*outcome)
-            .bind(to_micros(a.sent_at))
-            .bind(a.elapsed_ms)
-            .bind(a.response_code.map(i64::from))
-            .bind(a.response_headers.as_deref())
-            .bind(a.response_body.as_deref())
-            .bind(a.error_type)
-            .bind(a.error_description.as_deref())
-            .bind(a.due.request.to_string())
-            .execute(&mut *conn)
-            .await?;
+            let q = sql::query(
+                "UPDATE requests SET status = 'sent', outcome = $2, sent_at = $3, request_time_ms = $4, \
+                 http_response_code = $5, http_response_headers = $6, http_response_body = $7, error_type = $8, \
+                 error_description = $9, claimed_by = NULL, claimed_until = NULL \
+                 WHERE uuid = $1 AND status = 'scheduled'",
+            );
+            let done = bind_sent(q, a, outcome).execute(&mut *conn).await?;
             if done.rows_affected() > 0 {
                 marked.insert(a.due.request);
             }
@@ -425,46 +411,10 @@ async fn mark_sent(
     let mut at = 0;
     while at < attempts.len() {
         let left = attempts.len() - at;
-        let size = MARK_CHUNKS.iter().copied().find(|&n| n <= left).unwrap_or(1);
-        let rows: Vec<String> = (0..size)
-            .map(|i| {
-                let p = i * MARK_COLUMNS;
-                format!(
-                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
-                     CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT))",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7,
-                    p + 8,
-                    p + 9
-                )
-            })
-            .collect();
-        let text = format!(
-            "UPDATE requests SET status = 'sent', outcome = v.column2, sent_at = v.column3, \
-             request_time_ms = v.column4, http_response_code = v.column5, http_response_headers = v.column6, \
-             http_response_body = v.column7, error_type = v.column8, error_description = v.column9, \
-             claimed_by = NULL, claimed_until = NULL \
-             FROM (VALUES {}) AS v WHERE requests.uuid = v.column1 AND requests.status = 'scheduled' \
-             RETURNING uuid",
-            rows.join(", ")
-        );
-        let mut q = sql::query(&text);
+        let (size, text) = mark_statements().iter().find(|(n, _)| *n <= left).expect("chunks end with 1");
+        let mut q = sql::query(text);
         for (a, outcome) in attempts[at..at + size].iter().zip(&outcomes[at..at + size]) {
-            q = q
-                .bind(a.due.request.to_string())
-                .bind(*outcome)
-                .bind(to_micros(a.sent_at))
-                .bind(a.elapsed_ms)
-                .bind(a.response_code.map(i64::from))
-                .bind(a.response_headers.as_deref())
-                .bind(a.response_body.as_deref())
-                .bind(a.error_type)
-                .bind(a.error_description.as_deref());
+            q = bind_sent(q, a, outcome);
         }
         for row in q.fetch_all(&mut *conn).await? {
             marked.insert(uuid_col(&row, "uuid")?);
@@ -472,6 +422,54 @@ async fn mark_sent(
         at += size;
     }
     Ok(marked)
+}
+
+/// Binds what [`mark_sent`] writes of one attempt, in column order: the
+/// request, then its outcome and the answer.
+fn bind_sent<'q>(q: sql::Query<'q>, a: &Attempt, outcome: &'static str) -> sql::Query<'q> {
+    q.bind(a.due.request.to_string())
+        .bind(outcome)
+        .bind(to_micros(a.sent_at))
+        .bind(a.elapsed_ms)
+        .bind(a.response_code.map(i64::from))
+        .bind(a.response_headers.clone())
+        .bind(a.response_body.clone())
+        .bind(a.error_type)
+        .bind(a.error_description.clone())
+}
+
+/// The PostgreSQL statements of [`mark_sent`], one per chunk size, built
+/// once per process.
+fn mark_statements() -> &'static [(usize, String)] {
+    static STATEMENTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    STATEMENTS.get_or_init(|| {
+        MARK_CHUNKS
+            .iter()
+            .map(|&size| {
+                let rows: Vec<String> = (0..size)
+                    .map(|i| {
+                        let casts = ["TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT"];
+                        let values: Vec<String> = casts
+                            .iter()
+                            .enumerate()
+                            .map(|(c, ty)| format!("CAST(${} AS {ty})", i * casts.len() + c + 1))
+                            .collect();
+                        format!("({})", values.join(", "))
+                    })
+                    .collect();
+                let text = format!(
+                    "UPDATE requests SET status = 'sent', outcome = v.column2, sent_at = v.column3, \
+                     request_time_ms = v.column4, http_response_code = v.column5, \
+                     http_response_headers = v.column6, http_response_body = v.column7, error_type = v.column8, \
+                     error_description = v.column9, claimed_by = NULL, claimed_until = NULL \
+                     FROM (VALUES {}) AS v WHERE requests.uuid = v.column1 AND requests.status = 'scheduled' \
+                     RETURNING uuid",
+                    rows.join(", ")
+                );
+                (size, text)
+            })
+            .collect()
+    })
 }
 
 /// Moves a webhook's failure streak on by a batch of results, suspending
