@@ -117,6 +117,10 @@ impl Drop for Server {
 }
 
 impl Server {
+    fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -177,32 +181,77 @@ fn create_account(bin: &str, db: &str) -> anyhow::Result<String> {
     Ok(v["api_key"].as_str().context("api_key")?.to_string())
 }
 
-/// Runs `concurrency` workers issuing requests until `total` are done or
-/// `duration` passes; returns (completed, elapsed, acknowledgement times by
-/// job uuid when `track`).
-async fn blast<F>(concurrency: usize, total: Option<usize>, duration: Option<Duration>, make: F) -> (usize, Duration)
+/// A request of a load generator: method, path and JSON body (empty for a GET).
+struct Call {
+    method: hyper::Method,
+    path: String,
+    body: bytes::Bytes,
+}
+
+/// Runs `concurrency` workers, each on one keep-alive connection to
+/// `addr`, issuing the calls `make` builds until `total` are done or
+/// `duration` passes; returns the number answered 2xx and the time taken.
+///
+/// The load generators use hyper's bare connections, like the ceiling: the
+/// load generator shares the 2 cores with the server, and a heavier client
+/// (reqwest's layers cost about twice hyper's per request here) would take
+/// CPU from the server it measures.
+async fn blast<F>(
+    addr: &str,
+    key: &str,
+    concurrency: usize,
+    total: Option<usize>,
+    duration: Option<Duration>,
+    make: F,
+) -> (usize, Duration)
 where
-    F: Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+    F: Fn(usize) -> Call + Send + Sync + 'static,
 {
+    use http_body_util::{BodyExt, Full};
     let make = Arc::new(make);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
+    let auth = hyper::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("a header-safe key");
+    let host = hyper::header::HeaderValue::from_str(addr).expect("a header-safe address");
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (make, next, done) = (make.clone(), next.clone(), done.clone());
+        let (addr, auth, host) = (addr.to_string(), auth.clone(), host.clone());
         tasks.push(tokio::spawn(async move {
+            let mut conn = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if total.is_some_and(|t| i >= t) || deadline.is_some_and(|d| Instant::now() >= d) {
                     return;
                 }
-                if let Ok(r) = make(i).send().await
-                    && r.status().is_success()
-                {
-                    let _ = r.bytes().await;
+                if conn.is_none() {
+                    conn = connect(&addr).await.ok();
+                }
+                let Some(send) = conn.as_mut() else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let call = make(i);
+                let mut request = hyper::Request::new(Full::new(call.body));
+                *request.method_mut() = call.method;
+                *request.uri_mut() = call.path.parse().expect("a valid path");
+                let h = request.headers_mut();
+                h.insert(hyper::header::HOST, host.clone());
+                h.insert(hyper::header::AUTHORIZATION, auth.clone());
+                h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                let ok = match send.send_request(request).await {
+                    Ok(r) => {
+                        let status = r.status();
+                        r.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
                     done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    conn = None;
                 }
             }
         }));
@@ -211,6 +260,17 @@ where
         let _ = t.await;
     }
     (done.load(Ordering::Relaxed) as usize, started.elapsed())
+}
+
+/// One keep-alive HTTP/1.1 connection (hyper's connection API).
+async fn connect(
+    addr: &str,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(send)
 }
 
 async fn wait_count(r: &Receiver, target: u64, limit: Duration) -> Duration {
@@ -254,6 +314,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Api {
     http: reqwest::Client,
     base: String,
+    /// host:port of the server, for the load generators.
+    addr: String,
     key: String,
 }
 
@@ -275,13 +337,27 @@ impl Api {
         Ok(uuid)
     }
 
-    fn create_job(&self) -> impl Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static {
-        let (http, url, key) = (self.http.clone(), format!("{}/v2/jobs", self.base), self.key.clone());
-        move |i| {
-            http.post(&url)
-                .bearer_auth(&key)
-                .json(&json!({"description": format!("bench job {i}"), "external_order_id": "bench"}))
+    /// Job creates for [`blast`].
+    fn create_job(&self) -> impl Fn(usize) -> Call + Send + Sync + 'static {
+        |i| Call {
+            method: hyper::Method::POST,
+            path: "/v2/jobs".into(),
+            body: format!(r#"{{"description":"bench job {i}","external_order_id":"bench"}}"#).into(),
         }
+    }
+
+    /// [`blast`] against this server.
+    async fn blast<F>(
+        &self,
+        concurrency: usize,
+        total: Option<usize>,
+        duration: Option<Duration>,
+        make: F,
+    ) -> (usize, Duration)
+    where
+        F: Fn(usize) -> Call + Send + Sync + 'static,
+    {
+        blast(&self.addr, &self.key, concurrency, total, duration, make).await
     }
 }
 
@@ -290,12 +366,12 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
     let key = create_account(&args.bin, db)?;
     let server = start_server(&args.bin, db).await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
-    let api = Api { http, base: server.base.clone(), key };
+    let api = Api { http, base: server.base.clone(), addr: server.addr(), key };
     let (url, receiver) = start_receiver().await?;
 
     let run = |p: Phase| args.phases.contains(&p);
     if run(Phase::Api) {
-        api_throughput(args, backend, &api, &server, rows).await?;
+        api_throughput(args, backend, &api, rows).await?;
     }
     if run(Phase::Drain) {
         drain(args, backend, &api, &server, &receiver, &url, ceiling, rows).await?;
@@ -315,24 +391,20 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
 }
 
 /// Durable job creates, then reads (no webhooks yet).
-async fn api_throughput(
-    args: &Args,
-    backend: &str,
-    api: &Api,
-    server: &Server,
-    rows: &mut Vec<Row>,
-) -> anyhow::Result<()> {
+async fn api_throughput(args: &Args, backend: &str, api: &Api, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let secs = Duration::from_secs(args.seconds);
-    let (http, key) = (&api.http, &api.key);
-    let (created, took) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let (created, took) = api.blast(args.concurrency, None, Some(secs), api.create_job()).await;
     let creates = created as f64 / took.as_secs_f64();
     rows.push(row(backend, "api job creates", creates, "creates/s", None, ">= 10000/s on SQLite"));
     let some_job = api.post("/v2/jobs", json!({})).await?["job_uuid"].as_str().unwrap_or_default().to_string();
-    let (read, took) = blast(args.concurrency, None, Some(secs), {
-        let (http, url, key) = (http.clone(), format!("{}/v2/jobs/{some_job}", server.base), key.clone());
-        move |_| http.get(&url).bearer_auth(&key)
-    })
-    .await;
+    let path = format!("/v2/jobs/{some_job}");
+    let (read, took) = api
+        .blast(args.concurrency, None, Some(secs), move |_| Call {
+            method: hyper::Method::GET,
+            path: path.clone(),
+            body: bytes::Bytes::new(),
+        })
+        .await;
     rows.push(row(backend, "api job reads", read as f64 / took.as_secs_f64(), "reads/s", None, ""));
     eprintln!("[{backend}] api: {creates:.0} creates/s, {:.0} reads/s", read as f64 / took.as_secs_f64());
     Ok(())
@@ -351,7 +423,7 @@ async fn drain(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let hook = api.webhook(url, true).await?;
-    let (piled, took) = blast(args.concurrency, Some(args.drain_events), None, api.create_job()).await;
+    let (piled, took) = api.blast(args.concurrency, Some(args.drain_events), None, api.create_job()).await;
     eprintln!("[{backend}] piled up {piled} events in {took:.1?}");
     let before = receiver.count.load(Ordering::Relaxed);
     let cpu_before = server.cpu_seconds();
@@ -392,7 +464,7 @@ async fn end_to_end(
     }
     let before = receiver.count.load(Ordering::Relaxed);
     let started = Instant::now();
-    let (created, creating) = blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let (created, creating) = api.blast(args.concurrency, None, Some(secs), api.create_job()).await;
     let delivered_meanwhile = receiver.count.load(Ordering::Relaxed) - before;
     let expected = before + (created * args.webhooks) as u64;
     wait_count(receiver, expected, Duration::from_secs(300)).await;
@@ -496,11 +568,11 @@ async fn paced_latency(
 async fn memory(args: &Args, backend: &str, db: &str, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let key = create_account(&args.bin, db)?;
     let server = start_server(&args.bin, db).await?;
-    let api = Api { http: reqwest::Client::new(), base: server.base.clone(), key };
+    let api = Api { http: reqwest::Client::new(), base: server.base.clone(), addr: server.addr(), key };
     for _ in 0..10 {
         api.webhook("http://127.0.0.1:9/never", true).await?;
     }
-    let (created, took) = blast(args.concurrency, Some(args.pending / 10), None, api.create_job()).await;
+    let (created, took) = api.blast(args.concurrency, Some(args.pending / 10), None, api.create_job()).await;
     eprintln!("[{backend}] {} pending requests written in {took:.1?}", created * 10);
     // Let the engine look at its queue a few times with the backlog in place.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -539,12 +611,29 @@ fn ceiling_body() -> anyhow::Result<Vec<u8>> {
 async fn reqwest_ceiling(args: &Args) -> anyhow::Result<f64> {
     let (url, _receiver) = start_receiver().await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
-    let body = ceiling_body()?;
-    let (n, took) = blast(args.concurrency, None, Some(Duration::from_secs(args.seconds)), move |_| {
-        http.post(&url).header("content-type", "application/json").body(body.clone())
-    })
-    .await;
-    Ok(n as f64 / took.as_secs_f64())
+    let body = bytes::Bytes::from(ceiling_body()?);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, url, body, done) = (http.clone(), url.clone(), body.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let sent = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+                if let Ok(r) = sent
+                    && r.status().is_success()
+                    && r.bytes().await.is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The loopback ceiling with hyper's bare HTTP/1.1 connections (what

@@ -111,7 +111,11 @@ impl TokenSigner {
 
     /// A token for `key`, valid for `ttl` from `now`.
     pub fn issue(&self, key: Uuid, now: DateTime<Utc>, ttl: Duration) -> String {
-        let expires = (now + chrono::TimeDelta::from_std(ttl).unwrap_or_default()).timestamp_micros();
+        self.issue_until(key, (now + chrono::TimeDelta::from_std(ttl).unwrap_or_default()).timestamp_micros())
+    }
+
+    /// A token for `key` that expires at `expires` (unix microseconds).
+    pub fn issue_until(&self, key: Uuid, expires: i64) -> String {
         let mut payload = Vec::with_capacity(24);
         payload.extend_from_slice(key.as_bytes());
         payload.extend_from_slice(&expires.to_be_bytes());

@@ -47,6 +47,22 @@ fn decrement(counts: &mut HashMap<Uuid, usize>, key: &Uuid) {
     }
 }
 
+/// The next request read ahead for `webhook`, claimed for the slot of a
+/// POST that just finished (which keeps its slot), and whether the queue
+/// now holds less than a round of `bound` slots.
+fn take_queued(f: &mut InFlight, webhook: &Uuid, bound: usize) -> Option<(Due, bool)> {
+    let queue = f.ahead.get_mut(webhook)?;
+    while let Some(due) = queue.pop_front() {
+        let low = queue.len() < bound;
+        f.ahead_ids.remove(&due.request);
+        if f.requests.insert(due.request) {
+            *f.unrecorded.entry(*webhook).or_default() += 1;
+            return Some((due, low));
+        }
+    }
+    None
+}
+
 /// How long a claim holds a request for this node (PostgreSQL). Longer
 /// than any attempt can take, so a slow node never has its request taken.
 fn lease(timeout: Duration) -> Duration {
@@ -125,6 +141,10 @@ struct Shared {
     /// SQLite: the webhooks last read.
     targets: Mutex<Option<CachedTargets>>,
     attempt_metrics: AttemptMetrics,
+    /// Set once the loop has stopped: a finished POST takes no next request.
+    halted: std::sync::atomic::AtomicBool,
+    /// The temporary token last issued per key, with its expiry (`token`).
+    tokens_issued: Mutex<HashMap<Uuid, (i64, HeaderValue)>>,
 }
 
 /// The metrics every attempt touches, looked up once: through the macros
@@ -148,9 +168,19 @@ impl AttemptMetrics {
 /// The webhooks as last read, with the committer's webhook generation they
 /// reflect and when they were read.
 struct CachedTargets {
+    stamp: ListStamp,
+    targets: Arc<Vec<Arc<Target>>>,
+}
+
+/// Which read of the webhooks a list is (SQLite): the committer's webhook
+/// generation it reflects, and when it was read. A POST that finished may
+/// take the next read-ahead request of its webhook only while its list is
+/// still the current one — no webhook changed since, and it is younger
+/// than the safety poll (a CLI command may have written beside the server).
+#[derive(Debug, Clone, Copy)]
+struct ListStamp {
     generation: u64,
     read_at: std::time::Instant,
-    targets: Arc<Vec<Arc<Target>>>,
 }
 
 /// The delivery engine of one node. Cheap to clone.
@@ -190,6 +220,8 @@ impl Engine {
                 freed: Notify::new(),
                 targets: Mutex::new(None),
                 attempt_metrics: AttemptMetrics::new(),
+                halted: std::sync::atomic::AtomicBool::new(false),
+                tokens_issued: Mutex::default(),
             }),
             results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
             wake: Arc::new(Notify::new()),
@@ -209,7 +241,7 @@ impl Engine {
         let s = &self.shared;
         s.in_flight.lock().expect("in-flight lock").finished_this_pass.clear();
         let now = s.clock.now();
-        let all = self.targets().await?;
+        let (all, stamp) = self.targets().await?;
         let targets: Vec<&Arc<Target>> = all.iter().filter(|t| t.is_due(now)).collect();
         {
             // Read-ahead is only for webhooks that are still served normally.
@@ -239,13 +271,18 @@ impl Engine {
                 let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
                 (bound.saturating_sub(busy), held, queued)
             };
+            let read_ahead = s.db.backend == Backend::Sqlite && !probe;
+            // POSTs under way take the next queued request themselves when
+            // they finish (`send`), so the queue is topped up while it holds
+            // less than a round of slots, even when no slot is free.
+            let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
+            let refill = read_ahead && queued < bound;
             // One probe at a time: not while the last one awaits its record.
-            if room == 0 || (probe && held > 0) {
+            if (room == 0 && !refill) || (probe && held > 0) {
                 waiting = true;
                 continue;
             }
-            let read_ahead = s.db.backend == Backend::Sqlite && !probe;
-            if !read_ahead || queued < room {
+            if !read_ahead || refill {
                 // SQLite has no lease: the rows this node holds come back from
                 // the query and are skipped below. PostgreSQL leases hide them,
                 // and every row returned is claimed, so take just `room`.
@@ -254,8 +291,7 @@ impl Engine {
                     Backend::Sqlite => room + held,
                     Backend::Postgres => room,
                 };
-                let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook as i64 };
-                let claimed = self.claim(&target, limit as i64, bound, now, probe).await?;
+                let claimed = self.claim(&target, limit as i64, bound as i64, now, probe).await?;
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 let f = &mut *f;
                 let queue = f.ahead.entry(target.uuid).or_default();
@@ -299,7 +335,8 @@ impl Engine {
                 started += 1;
                 let engine = self.clone();
                 let target = target.clone();
-                tokio::spawn(async move { engine.send(due, target, probe).await });
+                let chain = if read_ahead { stamp } else { None };
+                tokio::spawn(async move { engine.send(due, target, probe, chain).await });
             }
         }
         Ok(match (started, waiting) {
@@ -314,25 +351,30 @@ impl Engine {
     /// read last stays good until that count moves (re-read at least every
     /// safety poll, for a CLI command writing beside the server). PostgreSQL
     /// reads it each pass, since other nodes change webhooks too.
-    async fn targets(&self) -> Result<Arc<Vec<Arc<Target>>>> {
+    async fn targets(&self) -> Result<(Arc<Vec<Arc<Target>>>, Option<ListStamp>)> {
         let s = &self.shared;
         let generation = s.db.committer.webhooks_generation();
-        if let Some(generation) = generation {
+        if generation.is_some() {
             let cached = s.targets.lock().expect("targets lock");
             if let Some(c) = cached.as_ref()
-                && c.generation == generation
-                && c.read_at.elapsed() < SAFETY_POLL
+                && self.is_current(c.stamp)
             {
-                return Ok(c.targets.clone());
+                return Ok((c.targets.clone(), Some(c.stamp)));
             }
         }
         let mut conn = s.db.read.acquire().await?;
         let targets = Arc::new(deliveries::targets(&mut conn).await?);
-        if let Some(generation) = generation {
-            *s.targets.lock().expect("targets lock") =
-                Some(CachedTargets { generation, read_at: std::time::Instant::now(), targets: targets.clone() });
+        let stamp = generation.map(|generation| ListStamp { generation, read_at: std::time::Instant::now() });
+        if let Some(stamp) = stamp {
+            *s.targets.lock().expect("targets lock") = Some(CachedTargets { stamp, targets: targets.clone() });
         }
-        Ok(targets)
+        Ok((targets, stamp))
+    }
+
+    /// Whether the list of webhooks read at `stamp` is still good to serve from.
+    fn is_current(&self, stamp: ListStamp) -> bool {
+        self.shared.db.committer.webhooks_generation() == Some(stamp.generation)
+            && stamp.read_at.elapsed() < SAFETY_POLL
     }
 
     /// Claims for one webhook; a probe is its oldest pending request, due or not.
@@ -397,11 +439,54 @@ impl Engine {
         }
     }
 
-    /// Makes one attempt and hands its result to the recorder.
-    async fn send(&self, mut due: Due, target: Arc<Target>, probe: bool) {
+    /// Makes one attempt and hands its result to the recorder; then, with
+    /// `chain` (SQLite read-ahead), takes the next queued request of the
+    /// same webhook while the list of webhooks it came from is current, so
+    /// that a busy webhook costs no task and no dispatch pass per POST.
+    async fn send(&self, mut due: Due, target: Arc<Target>, probe: bool, chain: Option<ListStamp>) {
+        let s = &self.shared;
+        loop {
+            let attempt = self.attempt(due, &target, probe).await;
+            // The POST is over: its slot goes to the next queued request, or
+            // is free again; the request itself stays claimed until its
+            // result is committed.
+            let next = {
+                let mut f = s.in_flight.lock().expect("in-flight lock");
+                let next = match chain {
+                    Some(stamp) if !s.halted.load(std::sync::atomic::Ordering::Relaxed) && self.is_current(stamp) => {
+                        take_queued(&mut f, &target.uuid, s.config.max_in_flight_per_webhook)
+                    }
+                    _ => None,
+                };
+                if next.is_none() {
+                    decrement(&mut f.per_webhook, &target.uuid);
+                }
+                next
+            };
+            if s.results.send(attempt).is_err() {
+                tracing::warn!("delivery recorder has stopped; the attempt will be repeated");
+            }
+            match next {
+                Some((next, low)) => {
+                    if low {
+                        // The queue runs low: a dispatch pass tops it up.
+                        s.freed.notify_one();
+                    }
+                    due = next;
+                }
+                None => {
+                    s.freed.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One HTTP attempt and its metrics.
+    async fn attempt(&self, mut due: Due, target: &Target, probe: bool) -> Attempt {
         let s = &self.shared;
         let now = s.clock.now();
-        let headers = self.headers(&due, &target, now);
+        let headers = self.headers(&due, target, now);
         // The body is sent once; the attempt's record needs everything but it.
         let body = std::mem::take(&mut due.body);
         let answer = s.sender.post(&target.endpoint, headers, body).await;
@@ -417,14 +502,7 @@ impl Engine {
             metrics::counter!(crate::metrics::DELIVERIES, "outcome" => outcome).increment(1);
         }
         m.duration.record(answer.elapsed.as_secs_f64());
-        // The POST is over: its slot is free for the next one, while the
-        // request itself stays claimed until its result is committed.
-        {
-            let mut f = s.in_flight.lock().expect("in-flight lock");
-            decrement(&mut f.per_webhook, &due.webhook);
-        }
-        s.freed.notify_one();
-        let attempt = Attempt {
+        Attempt {
             due,
             probe,
             sent_at: now,
@@ -435,15 +513,11 @@ impl Engine {
             error_type: answer.error_type,
             error_description: answer.error_description,
             retry_after: answer.retry_after,
-        };
-        if s.results.send(attempt).is_err() {
-            tracing::warn!("delivery recorder has stopped; the attempt will be repeated");
         }
     }
 
     /// The headers of webhooks.md ("Headers").
     fn headers(&self, due: &Due, target: &Target, now: chrono::DateTime<chrono::Utc>) -> HeaderMap {
-        let s = &self.shared;
         let mut h = HeaderMap::with_capacity(8);
         let mut put = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -457,13 +531,36 @@ impl Engine {
         if let Some(secret) = &target.secret {
             put("x-planado-secret", secret.clone());
         }
-        if let Some(key) = target.token_key {
-            put("x-planado-api-token", s.tokens.issue(key, now, s.config.token_ttl));
-        }
         put("webhook-signature", target.signer.sign(&id, timestamp, &due.body));
         put("webhook-timestamp", timestamp.to_string());
         put("webhook-id", id);
+        if let Some(key) = target.token_key
+            && let Some(token) = self.token(key, now)
+        {
+            h.insert(HeaderName::from_static("x-planado-api-token"), token);
+        }
         h
+    }
+
+    /// The temporary API token for `key` at `now`. It must stay valid for
+    /// the token lifetime from the start of the request: its expiry is
+    /// rounded up to the next whole second, so it is valid for between one
+    /// lifetime and a second more, and every attempt within the same second
+    /// shares one token — an HMAC per key per second, not per attempt.
+    fn token(&self, key: Uuid, now: chrono::DateTime<chrono::Utc>) -> Option<HeaderValue> {
+        let s = &self.shared;
+        let exact = (now + chrono::TimeDelta::from_std(s.config.token_ttl).unwrap_or_default()).timestamp_micros();
+        let expires =
+            exact.div_euclid(1_000_000) * 1_000_000 + if exact.rem_euclid(1_000_000) == 0 { 0 } else { 1_000_000 };
+        let mut cache = s.tokens_issued.lock().expect("token cache lock");
+        if let Some((at, token)) = cache.get(&key)
+            && *at == expires
+        {
+            return Some(token.clone());
+        }
+        let token = HeaderValue::from_str(&s.tokens.issue_until(key, expires)).ok()?;
+        cache.insert(key, (expires, token.clone()));
+        Some(token)
     }
 
     /// Writes finished attempts in batches; frees their in-flight slots once
@@ -608,6 +705,7 @@ impl Engine {
         }
         // Graceful stop: no new claims; what is in flight finishes (bounded
         // by the delivery timeout) and is recorded.
+        s.halted.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = recorder.await;
         pruner.abort();
         stats.abort();

@@ -344,20 +344,29 @@ where
 
 /// The response headers as a JSON object (repeated names joined by ", ").
 fn headers_json(headers: &HeaderMap) -> String {
-    let mut map = serde_json::Map::new();
-    for (name, value) in headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        match map.get_mut(name.as_str()) {
-            Some(serde_json::Value::String(existing)) => {
-                existing.push_str(", ");
-                existing.push_str(&value);
-            }
-            _ => {
-                map.insert(name.as_str().to_string(), serde_json::Value::String(value));
-            }
+    // Written straight into one buffer (a map of owned strings per attempt
+    // was 3 % of a drain); serde_json still does the escaping.
+    let mut out: Vec<u8> = Vec::with_capacity(64 * headers.keys_len());
+    out.push(b'{');
+    for (i, name) in headers.keys().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
+        let mut values = headers.get_all(name).iter();
+        let first = values.next().map(|v| String::from_utf8_lossy(v.as_bytes())).unwrap_or_default();
+        let value = values.fold(first, |mut joined, v| {
+            let joined_mut = joined.to_mut();
+            joined_mut.push_str(", ");
+            joined_mut.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            joined
+        });
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, name.as_str());
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, value.as_ref());
     }
-    serde_json::Value::Object(map).to_string()
+    out.push(b'}');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// Reads at most [`MAX_LOGGED_BODY`] bytes of the body; says whether the
@@ -417,5 +426,19 @@ mod tests {
         let d = parse_retry_after(&later).unwrap();
         assert!(d > Duration::from_secs(590) && d <= Duration::from_secs(600));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn response_headers_become_one_json_object_in_their_order() {
+        let mut h = HeaderMap::new();
+        h.insert("x-b", HeaderValue::from_static("1"));
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append("set-cookie", HeaderValue::from_static("b=\"2\""));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        let json = headers_json(&h);
+        assert_eq!(json, r#"{"x-b":"1","set-cookie":"a=1, b=\"2\"","content-type":"text/plain"}"#);
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["set-cookie"], "a=1, b=\"2\"");
+        assert_eq!(headers_json(&HeaderMap::new()), "{}");
     }
 }
