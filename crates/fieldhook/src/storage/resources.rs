@@ -75,15 +75,21 @@ pub async fn find<R: Stored>(conn: &mut Conn, account: Uuid, id: &str, lock: boo
     let table = R::KIND.table();
     let lock = if lock { super::for_update(super::backend_of(conn)) } else { "" };
     if let Ok(uuid) = Uuid::parse_str(id) {
-        let doc: Option<String> = sql::query_scalar(&format!(
-            "SELECT doc FROM {table} WHERE uuid = $1 AND account_uuid = $2 AND removed = 0{lock}"
-        ))
-        .bind(uuid.to_string())
-        .bind(account.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(doc) = doc {
-            return Ok(Some(serde_json::from_str(&doc)?));
+        // By primary key alone; the account and removal are checked on the
+        // row. With `AND account_uuid = $2 AND removed = 0` in the query,
+        // PostgreSQL took the partial unique index on (account_uuid,
+        // external_id) WHERE removed = 0 while the table had no statistics
+        // yet (any table younger than its first autovacuum analyse) and
+        // filtered the account's every row: 5 ms per read at 11,000 jobs.
+        let row = sql::query(&format!("SELECT doc, account_uuid, removed FROM {table} WHERE uuid = $1{lock}"))
+            .bind(uuid.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(mut row) = row
+            && row.try_get::<i64, _>("removed")? == 0
+            && row.try_get::<String, _>("account_uuid")? == account.to_string()
+        {
+            return Ok(Some(serde_json::from_str(&row.take_text("doc")?)?));
         }
     }
     let doc: Option<String> = sql::query_scalar(&format!(
