@@ -188,8 +188,8 @@ struct Call {
     body: bytes::Bytes,
 }
 
-/// Runs `concurrency` workers, each on one keep-alive connection to
-/// `addr`, issuing the calls `make` builds until `total` are done or
+/// Runs `concurrency` workers, each on one keep-alive connection to the
+/// server of `api`, issuing the calls `make` builds until `total` are done or
 /// `duration` passes; returns the number answered 2xx and the time taken.
 ///
 /// The load generators use hyper's bare connections, like the ceiling: the
@@ -197,8 +197,7 @@ struct Call {
 /// (reqwest's layers cost about twice hyper's per request here) would take
 /// CPU from the server it measures.
 async fn blast<F>(
-    addr: &str,
-    key: &str,
+    api: &Api,
     concurrency: usize,
     total: Option<usize>,
     duration: Option<Duration>,
@@ -211,14 +210,14 @@ where
     let make = Arc::new(make);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    let auth = hyper::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("a header-safe key");
-    let host = hyper::header::HeaderValue::from_str(addr).expect("a header-safe address");
+    let auth = hyper::header::HeaderValue::from_str(&format!("Bearer {}", api.key)).expect("a header-safe key");
+    let host = hyper::header::HeaderValue::from_str(&api.addr).expect("a header-safe address");
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (make, next, done) = (make.clone(), next.clone(), done.clone());
-        let (addr, auth, host) = (addr.to_string(), auth.clone(), host.clone());
+        let (addr, auth, host) = (api.addr.clone(), auth.clone(), host.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = None;
             loop {
@@ -345,20 +344,6 @@ impl Api {
             body: format!(r#"{{"description":"bench job {i}","external_order_id":"bench"}}"#).into(),
         }
     }
-
-    /// [`blast`] against this server.
-    async fn blast<F>(
-        &self,
-        concurrency: usize,
-        total: Option<usize>,
-        duration: Option<Duration>,
-        make: F,
-    ) -> (usize, Duration)
-    where
-        F: Fn(usize) -> Call + Send + Sync + 'static,
-    {
-        blast(&self.addr, &self.key, concurrency, total, duration, make).await
-    }
 }
 
 /// Measures one backend; `db` is a fresh database URL.
@@ -393,18 +378,17 @@ async fn measure(args: &Args, backend: &str, db: &str, ceiling: f64, rows: &mut 
 /// Durable job creates, then reads (no webhooks yet).
 async fn api_throughput(args: &Args, backend: &str, api: &Api, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let secs = Duration::from_secs(args.seconds);
-    let (created, took) = api.blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let (created, took) = blast(api, args.concurrency, None, Some(secs), api.create_job()).await;
     let creates = created as f64 / took.as_secs_f64();
     rows.push(row(backend, "api job creates", creates, "creates/s", None, ">= 10000/s on SQLite"));
     let some_job = api.post("/v2/jobs", json!({})).await?["job_uuid"].as_str().unwrap_or_default().to_string();
     let path = format!("/v2/jobs/{some_job}");
-    let (read, took) = api
-        .blast(args.concurrency, None, Some(secs), move |_| Call {
-            method: hyper::Method::GET,
-            path: path.clone(),
-            body: bytes::Bytes::new(),
-        })
-        .await;
+    let (read, took) = blast(api, args.concurrency, None, Some(secs), move |_| Call {
+        method: hyper::Method::GET,
+        path: path.clone(),
+        body: bytes::Bytes::new(),
+    })
+    .await;
     rows.push(row(backend, "api job reads", read as f64 / took.as_secs_f64(), "reads/s", None, ""));
     eprintln!("[{backend}] api: {creates:.0} creates/s, {:.0} reads/s", read as f64 / took.as_secs_f64());
     Ok(())
@@ -423,7 +407,7 @@ async fn drain(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let hook = api.webhook(url, true).await?;
-    let (piled, took) = api.blast(args.concurrency, Some(args.drain_events), None, api.create_job()).await;
+    let (piled, took) = blast(api, args.concurrency, Some(args.drain_events), None, api.create_job()).await;
     eprintln!("[{backend}] piled up {piled} events in {took:.1?}");
     let before = receiver.count.load(Ordering::Relaxed);
     let cpu_before = server.cpu_seconds();
@@ -464,7 +448,7 @@ async fn end_to_end(
     }
     let before = receiver.count.load(Ordering::Relaxed);
     let started = Instant::now();
-    let (created, creating) = api.blast(args.concurrency, None, Some(secs), api.create_job()).await;
+    let (created, creating) = blast(api, args.concurrency, None, Some(secs), api.create_job()).await;
     let delivered_meanwhile = receiver.count.load(Ordering::Relaxed) - before;
     let expected = before + (created * args.webhooks) as u64;
     wait_count(receiver, expected, Duration::from_secs(300)).await;
@@ -572,7 +556,7 @@ async fn memory(args: &Args, backend: &str, db: &str, rows: &mut Vec<Row>) -> an
     for _ in 0..10 {
         api.webhook("http://127.0.0.1:9/never", true).await?;
     }
-    let (created, took) = api.blast(args.concurrency, Some(args.pending / 10), None, api.create_job()).await;
+    let (created, took) = blast(&api, args.concurrency, Some(args.pending / 10), None, api.create_job()).await;
     eprintln!("[{backend}] {} pending requests written in {took:.1?}", created * 10);
     // Let the engine look at its queue a few times with the backlog in place.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -607,18 +591,31 @@ fn ceiling_body() -> anyhow::Result<Vec<u8>> {
     )?)
 }
 
+/// Runs `concurrency` copies of `worker` (given the deadline and the counter
+/// to bump per 2xx) for `seconds`; returns the 2xx answers per second.
+async fn rate_of<F, Fut>(concurrency: usize, seconds: u64, worker: F) -> anyhow::Result<f64>
+where
+    F: Fn(Instant, Arc<AtomicU64>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..concurrency).map(|_| tokio::spawn(worker(deadline, done.clone()))).collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
 /// The loopback ceiling with reqwest, the usual Rust HTTP client.
 async fn reqwest_ceiling(args: &Args) -> anyhow::Result<f64> {
     let (url, _receiver) = start_receiver().await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
     let body = bytes::Bytes::from(ceiling_body()?);
-    let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, url, body, done) = (http.clone(), url.clone(), body.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
+    rate_of(args.concurrency, args.seconds, |deadline, done| {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
             while Instant::now() < deadline {
                 let sent = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
                 if let Ok(r) = sent
@@ -628,12 +625,10 @@ async fn reqwest_ceiling(args: &Args) -> anyhow::Result<f64> {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// The loopback ceiling with hyper's bare HTTP/1.1 connections (what
@@ -643,17 +638,10 @@ async fn hyper_ceiling(args: &Args) -> anyhow::Result<f64> {
     let (url, _receiver) = start_receiver().await?;
     let addr = url.trim_start_matches("http://").trim_end_matches("/hook").to_string();
     let body = bytes::Bytes::from(ceiling_body()?);
-    let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (addr, body, done) = (addr.clone(), body.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+    rate_of(args.concurrency, args.seconds, |deadline, done| {
+        let (addr, body) = (addr.clone(), body.clone());
+        async move {
+            let mut send = connect(&addr).await?;
             while Instant::now() < deadline {
                 let request = hyper::Request::post("/hook")
                     .header("host", &addr)
@@ -665,13 +653,10 @@ async fn hyper_ceiling(args: &Args) -> anyhow::Result<f64> {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+            Ok(())
+        }
+    })
+    .await
 }
 
 fn machine() -> Value {
