@@ -21,6 +21,7 @@ crate::on_both_backends!(
     a_dead_endpoint_does_not_delay_a_healthy_one,
     pause_holds_events_and_resume_releases_them,
     pausing_in_the_middle_of_a_backlog_stops_sending_at_once,
+    a_backlog_beyond_the_read_ahead_goes_out_once_within_the_in_flight_bound,
     the_test_event_and_deleting_a_webhook,
     webhook_urls_and_event_types_are_validated,
     sent_requests_are_pruned_after_the_retention_period,
@@ -150,7 +151,12 @@ async fn body_and_headers_are_as_specified_and_the_signature_verifies(app: TestA
     assert_eq!(back.status, 200);
     let keys = app.send(reqwest::Method::GET, "/v2/api_keys", Some(&token), None).await;
     assert_eq!(keys.status, 403, "a temporary token never manages keys");
-    app.advance(Duration::from_secs(61));
+    // Valid for the whole lifetime from the start of the request …
+    app.advance(Duration::from_millis(59_900));
+    let still = app.send(reqwest::Method::GET, &format!("/v2/jobs/{job}"), Some(&token), None).await;
+    assert_eq!(still.status, 200);
+    // … and not past it (the expiry is rounded up to a whole second at most).
+    app.advance(Duration::from_millis(1_100));
     let late = app.send(reqwest::Method::GET, &format!("/v2/jobs/{job}"), Some(&token), None).await;
     assert_eq!(late.status, 401);
     // The log shows the request with its answer.
@@ -508,6 +514,67 @@ async fn pausing_in_the_middle_of_a_backlog_stops_sending_at_once(app: TestApp) 
     let distinct: std::collections::HashSet<String> = rx.received().iter().map(|r| r.event_uuid()).collect();
     assert_eq!(distinct.len(), 150);
     assert_eq!(rx.received().len(), 150, "no event was sent twice (got {} before settling)", all.len());
+}
+
+/// A backlog longer than the SQLite read-ahead (256) drains through POSTs
+/// that take the next request themselves and through top-ups while every
+/// slot is busy: every event once, never more than 16 requests at a time.
+async fn a_backlog_beyond_the_read_ahead_goes_out_once_within_the_in_flight_bound(app: TestApp) {
+    let (url, seen) = concurrency_receiver(Duration::from_millis(3)).await;
+    let hook = app.webhook(&url, &["site_created"]).await;
+    app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
+    let mut sites = std::collections::HashSet::new();
+    for i in 0..600 {
+        sites.insert(app.create("sites", json!({"name": format!("s{i}")})).await);
+    }
+    app.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.bodies.lock().unwrap().len() < 600 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Anything sent twice would arrive within this pause.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bodies = seen.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 600, "every event exactly once");
+    let delivered: std::collections::HashSet<String> =
+        bodies.iter().map(|b| b["site"]["uuid"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(delivered, sites);
+    let peak = seen.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak <= 16, "{peak} requests were in flight to one webhook at once");
+    // Slow answers and a long backlog: the bound is not just respected but used.
+    assert!(peak > 1, "requests went out one at a time");
+}
+
+/// What [`concurrency_receiver`] saw: each body, and the most requests it
+/// was answering at once.
+#[derive(Default)]
+struct Seen {
+    bodies: std::sync::Mutex<Vec<Value>>,
+    current: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// A receiver that takes `delay` to answer 200 and counts how many
+/// requests it is answering at the same time.
+async fn concurrency_receiver(delay: Duration) -> (String, std::sync::Arc<Seen>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let seen = std::sync::Arc::new(Seen::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let state = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |axum::extract::State(seen): axum::extract::State<std::sync::Arc<Seen>>, body: axum::body::Bytes| async move {
+            let now = seen.current.fetch_add(1, SeqCst) + 1;
+            seen.peak.fetch_max(now, SeqCst);
+            tokio::time::sleep(delay).await;
+            seen.bodies.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            seen.current.fetch_sub(1, SeqCst);
+            axum::http::StatusCode::OK
+        },
+    );
+    let app = app.with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
 }
 
 async fn the_test_event_and_deleting_a_webhook(app: TestApp) {
