@@ -21,6 +21,7 @@ use crate::storage::{Backend, Db};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use sender::Sender;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -142,7 +143,7 @@ struct Shared {
     targets: Mutex<Option<CachedTargets>>,
     attempt_metrics: AttemptMetrics,
     /// Set once the loop has stopped: a finished POST takes no next request.
-    halted: std::sync::atomic::AtomicBool,
+    halted: AtomicBool,
     /// The temporary token last issued per key, with its expiry (`token`).
     tokens_issued: Mutex<HashMap<Uuid, (i64, HeaderValue)>>,
 }
@@ -220,7 +221,7 @@ impl Engine {
                 freed: Notify::new(),
                 targets: Mutex::new(None),
                 attempt_metrics: AttemptMetrics::new(),
-                halted: std::sync::atomic::AtomicBool::new(false),
+                halted: AtomicBool::new(false),
                 tokens_issued: Mutex::default(),
             }),
             results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
@@ -550,8 +551,8 @@ impl Engine {
     fn token(&self, key: Uuid, now: chrono::DateTime<chrono::Utc>) -> Option<HeaderValue> {
         let s = &self.shared;
         let exact = (now + chrono::TimeDelta::from_std(s.config.token_ttl).unwrap_or_default()).timestamp_micros();
-        let expires =
-            exact.div_euclid(1_000_000) * 1_000_000 + if exact.rem_euclid(1_000_000) == 0 { 0 } else { 1_000_000 };
+        const SECOND: i64 = 1_000_000;
+        let expires = (exact + SECOND - 1).div_euclid(SECOND) * SECOND;
         let mut cache = s.tokens_issued.lock().expect("token cache lock");
         if let Some((at, token)) = cache.get(&key)
             && *at == expires

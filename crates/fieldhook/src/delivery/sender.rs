@@ -352,14 +352,15 @@ fn headers_json(headers: &HeaderMap) -> String {
         if i > 0 {
             out.push(b',');
         }
-        let mut values = headers.get_all(name).iter();
-        let first = values.next().map(|v| String::from_utf8_lossy(v.as_bytes())).unwrap_or_default();
-        let value = values.fold(first, |mut joined, v| {
-            let joined_mut = joined.to_mut();
-            joined_mut.push_str(", ");
-            joined_mut.push_str(&String::from_utf8_lossy(v.as_bytes()));
-            joined
-        });
+        // A repeated header becomes one value, comma-joined; a single one is
+        // borrowed, not copied.
+        let mut values = headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let mut value = values.next().unwrap_or_default();
+        for more in values {
+            let joined = value.to_mut();
+            joined.push_str(", ");
+            joined.push_str(&more);
+        }
         // Writing a str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut out, name.as_str());
         out.push(b':');
