@@ -109,12 +109,18 @@ impl TokenSigner {
         mac
     }
 
-    /// A token for `key`, valid for `ttl` from `now`.
-    pub fn issue(&self, key: Uuid, now: DateTime<Utc>, ttl: Duration) -> String {
-        self.issue_until(key, (now + chrono::TimeDelta::from_std(ttl).unwrap_or_default()).timestamp_micros())
+    /// When a token issued at `now` expires (unix microseconds): `ttl`
+    /// later, rounded up to the next whole second. It stays valid for the
+    /// whole lifetime from the start of the request it goes with
+    /// (webhooks.md: "valid for 60 s from the start of this request"), at
+    /// most a second longer, and tokens issued within one second are equal.
+    pub fn expiry(now: DateTime<Utc>, ttl: Duration) -> i64 {
+        const SECOND: i64 = 1_000_000;
+        let exact = (now + chrono::TimeDelta::from_std(ttl).unwrap_or_default()).timestamp_micros();
+        (exact + SECOND - 1).div_euclid(SECOND) * SECOND
     }
 
-    /// A token for `key` that expires at `expires` (unix microseconds).
+    /// A token for `key` that expires at `expires` ([`expiry`](Self::expiry)).
     pub fn issue_until(&self, key: Uuid, expires: i64) -> String {
         let mut payload = Vec::with_capacity(24);
         payload.extend_from_slice(key.as_bytes());
@@ -179,5 +185,26 @@ impl KeyCache {
     /// Forgets everything (after a revocation).
     pub fn clear(&self) {
         self.entries.write().expect("key cache lock").clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_expires_a_lifetime_later_rounded_up_to_a_whole_second() {
+        let ttl = Duration::from_secs(60);
+        let at = |micros: i64| DateTime::<Utc>::from_timestamp_micros(micros).unwrap();
+        // Within one second every token expires at the same moment, never
+        // before a full lifetime has passed.
+        assert_eq!(TokenSigner::expiry(at(1_000_000_001), ttl), 1_061_000_000);
+        assert_eq!(TokenSigner::expiry(at(1_000_999_999), ttl), 1_061_000_000);
+        // On a whole second it is exactly the lifetime.
+        assert_eq!(TokenSigner::expiry(at(1_000_000_000), ttl), 1_060_000_000);
+        let signer = TokenSigner::new(vec![1; 32]);
+        let key = Uuid::now_v7();
+        let expires = TokenSigner::expiry(at(1_000_000_001), ttl);
+        assert_eq!(signer.issue_until(key, expires), signer.issue_until(key, expires));
     }
 }

@@ -264,19 +264,18 @@ impl Engine {
         for target in targets {
             let target = target.clone();
             let probe = target.status == WebhookStatus::Suspended;
+            let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
             let (room, held, queued) = {
                 let f = s.in_flight.lock().expect("in-flight lock");
                 let busy = f.per_webhook.get(&target.uuid).copied().unwrap_or(0);
                 let held = f.unrecorded.get(&target.uuid).copied().unwrap_or(0);
                 let queued = f.ahead.get(&target.uuid).map_or(0, VecDeque::len);
-                let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
                 (bound.saturating_sub(busy), held, queued)
             };
             let read_ahead = s.db.backend == Backend::Sqlite && !probe;
             // POSTs under way take the next queued request themselves when
             // they finish (`send`), so the queue is topped up while it holds
             // less than a round of slots, even when no slot is free.
-            let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
             let refill = read_ahead && queued < bound;
             // One probe at a time: not while the last one awaits its record.
             if (room == 0 && !refill) || (probe && held > 0) {
@@ -520,6 +519,7 @@ impl Engine {
     /// The headers of webhooks.md ("Headers").
     fn headers(&self, due: &Due, target: &Target, now: chrono::DateTime<chrono::Utc>) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(8);
+        h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let mut put = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 h.insert(HeaderName::from_static(name), v);
@@ -527,7 +527,6 @@ impl Engine {
         };
         let id = due.event_uuid.to_string();
         let timestamp = now.timestamp();
-        put("content-type", "application/json".into());
         put("x-planado-delivery-attempt", due.attempt_no.to_string());
         if let Some(secret) = &target.secret {
             put("x-planado-secret", secret.clone());
@@ -543,16 +542,13 @@ impl Engine {
         h
     }
 
-    /// The temporary API token for `key` at `now`. It must stay valid for
-    /// the token lifetime from the start of the request: its expiry is
-    /// rounded up to the next whole second, so it is valid for between one
-    /// lifetime and a second more, and every attempt within the same second
-    /// shares one token — an HMAC per key per second, not per attempt.
+    /// The temporary API token for `key` at `now`. Its expiry moves in
+    /// whole seconds ([`TokenSigner::expiry`]), so every attempt within the
+    /// same second shares one token: an HMAC per key per second, not per
+    /// attempt.
     fn token(&self, key: Uuid, now: chrono::DateTime<chrono::Utc>) -> Option<HeaderValue> {
         let s = &self.shared;
-        let exact = (now + chrono::TimeDelta::from_std(s.config.token_ttl).unwrap_or_default()).timestamp_micros();
-        const SECOND: i64 = 1_000_000;
-        let expires = (exact + SECOND - 1).div_euclid(SECOND) * SECOND;
+        let expires = TokenSigner::expiry(now, s.config.token_ttl);
         let mut cache = s.tokens_issued.lock().expect("token cache lock");
         if let Some((at, token)) = cache.get(&key)
             && *at == expires
@@ -597,7 +593,7 @@ impl Engine {
                     _ => break,
                 }
             }
-            let attempts = std::mem::take(&mut batch);
+            let mut attempts = std::mem::take(&mut batch);
             metrics::histogram!(crate::metrics::RESULT_BATCH).record(attempts.len() as f64);
             let finished: Vec<(Uuid, Uuid)> = attempts.iter().map(|a| (a.due.request, a.due.webhook)).collect();
             let policy = s.config.policy.clone();
@@ -607,7 +603,7 @@ impl Engine {
                     .write(move |conn| {
                         Box::pin(async move {
                             let mut unit = || rand::random::<f64>();
-                            deliveries::record(conn, &attempts, &policy, now, &mut unit).await
+                            deliveries::record(conn, &mut attempts, &policy, now, &mut unit).await
                         })
                     })
                     .await;

@@ -25,37 +25,78 @@ use tokio::sync::{Notify, mpsc, oneshot};
 /// fsync, small enough that one batch does not hold the writer for long.
 const MAX_BATCH: usize = 512;
 
-/// What a job reports back to the committer: whether to keep its writes, and
-/// how to answer its caller once the fate of the transaction is known.
-struct Ran {
-    keep: bool,
-    answer: Box<dyn FnOnce(std::result::Result<(), Arc<SqlError>>) + Send>,
-}
-
-/// A job that runs once, in a savepoint of its own.
-type OnceJob = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Ran> + Send>;
-
-/// A job that can run again: it only writes to the database, so the
-/// committer may undo it and run it once more.
-trait Rerunnable: Send {
+/// What the committer commits to: an API change, a delivery result, a claim.
+trait Job: Send {
     /// Runs the job, keeping its outcome; says whether to keep its writes.
     fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, bool>;
     /// Answers the caller once the transaction's fate is known.
     fn answer(self: Box<Self>, commit: std::result::Result<(), Arc<SqlError>>);
+    /// Whether it only writes to the database, so that the committer may
+    /// undo it and run it once more ([`Committer::write_rerunnable`]).
+    fn rerunnable(&self) -> bool;
 }
 
-enum Job {
-    Once(OnceJob),
-    Again(Box<dyn Rerunnable>),
+/// A job's outcome until its caller is answered.
+struct Reply<T> {
+    outcome: Option<Result<T>>,
+    tx: oneshot::Sender<Result<T>>,
 }
 
+impl<T> Reply<T> {
+    fn new(tx: oneshot::Sender<Result<T>>) -> Self {
+        Self { outcome: None, tx }
+    }
+
+    /// Keeps `outcome`; says whether the job's writes are to be kept.
+    fn keep(&mut self, outcome: Result<T>) -> bool {
+        let keep = outcome.is_ok();
+        self.outcome = Some(outcome);
+        keep
+    }
+
+    fn send(mut self, commit: std::result::Result<(), Arc<SqlError>>) {
+        let outcome = self.outcome.take().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a job never ran"))));
+        let _ = self.tx.send(settle(outcome, commit));
+    }
+}
+
+/// A job that runs once ([`Committer::write`]).
+struct Once<T, F> {
+    f: Option<F>,
+    reply: Reply<T>,
+}
+
+impl<T, F> Job for Once<T, F>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
+{
+    fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, bool> {
+        Box::pin(async move {
+            let outcome = match self.f.take() {
+                Some(f) => caught(f(conn)).await,
+                None => Err(Error::Internal(anyhow::anyhow!("a write job ran twice"))),
+            };
+            self.reply.keep(outcome)
+        })
+    }
+
+    fn answer(self: Box<Self>, commit: std::result::Result<(), Arc<SqlError>>) {
+        self.reply.send(commit);
+    }
+
+    fn rerunnable(&self) -> bool {
+        false
+    }
+}
+
+/// A job that may run again ([`Committer::write_rerunnable`]).
 struct Again<T, F> {
     f: F,
-    outcome: Option<Result<T>>,
-    reply: oneshot::Sender<Result<T>>,
+    reply: Reply<T>,
 }
 
-impl<T, F> Rerunnable for Again<T, F>
+impl<T, F> Job for Again<T, F>
 where
     T: Send + 'static,
     F: for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
@@ -63,15 +104,16 @@ where
     fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, bool> {
         Box::pin(async move {
             let outcome = caught((self.f)(conn)).await;
-            let keep = outcome.is_ok();
-            self.outcome = Some(outcome);
-            keep
+            self.reply.keep(outcome)
         })
     }
 
-    fn answer(mut self: Box<Self>, commit: std::result::Result<(), Arc<SqlError>>) {
-        let outcome = self.outcome.take().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a job never ran"))));
-        let _ = self.reply.send(settle(outcome, commit));
+    fn answer(self: Box<Self>, commit: std::result::Result<(), Arc<SqlError>>) {
+        self.reply.send(commit);
+    }
+
+    fn rerunnable(&self) -> bool {
+        true
     }
 }
 
@@ -94,7 +136,7 @@ fn settle<T>(outcome: Result<T>, commit: std::result::Result<(), Arc<SqlError>>)
 /// Handle to the committer task; cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Box<dyn Job>>,
     /// Signalled after a commit that may have given the delivery engine
     /// work, so that it picks up new requests at once instead of polling:
     /// on SQLite one that added requests or changed webhooks or keys, on
@@ -111,7 +153,7 @@ impl Committer {
     /// write connection `conn`. `wal_long` is raised by the checkpointer when
     /// the WAL should start over (`sql::start_checkpointer`).
     pub fn start_sqlite(conn: Conn, wal_long: Arc<AtomicBool>) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
         let signal = committed.clone();
         // Jobs are async code whose SQLite statements never wait; the thread
@@ -134,7 +176,7 @@ impl Committer {
     /// commit also sends `NOTIFY <channel>`, so that the workers of other
     /// nodes wake at once.
     pub fn start_postgres(pool: PgPool, channel: &'static str) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
         tokio::spawn(run_postgres(pool, rx, committed.clone(), channel));
         Self { tx, committed, webhooks_generation: None }
@@ -155,19 +197,7 @@ impl Committer {
         F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T>>();
-        let job: OnceJob = Box::new(move |conn| {
-            Box::pin(async move {
-                let outcome = caught(f(conn)).await;
-                let keep = outcome.is_ok();
-                Ran {
-                    keep,
-                    answer: Box::new(move |commit| {
-                        let _ = reply.send(settle(outcome, commit));
-                    }),
-                }
-            })
-        });
-        self.submit(Job::Once(job), answer).await
+        self.submit(Box::new(Once { f: Some(f), reply: Reply::new(reply) }), answer).await
     }
 
     /// Like [`write`](Self::write), for a job that only writes to the
@@ -184,10 +214,10 @@ impl Committer {
         F: for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T>>();
-        self.submit(Job::Again(Box::new(Again { f, outcome: None, reply })), answer).await
+        self.submit(Box::new(Again { f, reply: Reply::new(reply) }), answer).await
     }
 
-    async fn submit<T>(&self, job: Job, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+    async fn submit<T>(&self, job: Box<dyn Job>, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
         self.tx.send(job).await.map_err(|_| Error::Internal(anyhow::anyhow!("the committer has stopped")))?;
         answer.await.map_err(|_| Error::Internal(anyhow::anyhow!("the committer dropped a job")))?
     }
@@ -198,7 +228,7 @@ const WEBHOOKS_CHANGED: u8 = 1;
 const REQUESTS_ADDED: u8 = 2;
 
 /// Takes the jobs waiting now, up to [`MAX_BATCH`], after `first`.
-fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+fn gather(first: Box<dyn Job>, rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
     batch.push(first);
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
@@ -210,7 +240,7 @@ fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
 
 fn run_sqlite(
     mut conn: Conn,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
     committed: &Notify,
     generation: &AtomicU64,
     wal_long: &AtomicBool,
@@ -232,7 +262,7 @@ fn run_sqlite(
             };
         }));
     }
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         gather(first, &mut rx, &mut batch);
         // Bumped before any caller hears back (so a paused webhook is never
@@ -268,9 +298,14 @@ fn run_sqlite(
     }
 }
 
-async fn run_postgres(pool: PgPool, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>, channel: &'static str) {
+async fn run_postgres(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    committed: Arc<Notify>,
+    channel: &'static str,
+) {
     let mut conn: Option<Conn> = None;
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         gather(first, &mut rx, &mut batch);
         let c = match conn.as_mut() {
@@ -308,13 +343,13 @@ async fn run_postgres(pool: PgPool, mut rx: mpsc::Receiver<Job>, committed: Arc<
 /// them fails, the run is undone and its jobs run again, one savepoint each.
 async fn run_batch(
     conn: &mut Conn,
-    batch: &mut Vec<Job>,
+    batch: &mut Vec<Box<dyn Job>>,
     notify: Option<&'static str>,
     settled: &mut (dyn FnMut() + Send),
 ) -> std::result::Result<(), Arc<SqlError>> {
     let single = batch.len() == 1;
     metrics::histogram!(crate::metrics::COMMIT_BATCH).record(batch.len() as f64);
-    let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    let mut answers: Vec<Box<dyn Job>> = Vec::with_capacity(batch.len());
     // IMMEDIATE takes SQLite's write lock up front, so a CLI command writing
     // beside the server makes this wait (busy timeout) instead of failing.
     let begin = if conn.backend() == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
@@ -325,103 +360,67 @@ async fn run_batch(
     }
     let mut failure: Option<SqlError> = None;
     // The rerunnable jobs run since the shared savepoint was taken.
-    let mut run: Vec<Box<dyn Rerunnable>> = Vec::new();
-    for job in batch.drain(..) {
+    let mut run: Vec<Box<dyn Job>> = Vec::new();
+    for mut job in batch.drain(..) {
         if failure.is_some() {
             continue;
         }
-        match job {
-            Job::Again(mut job) if !single => {
-                if run.is_empty()
-                    && let Err(e) = conn.execute_raw("SAVEPOINT run").await
-                {
+        if single {
+            // A lone job needs no savepoint: if it fails, the whole
+            // transaction is rolled back, which is the same.
+            if !job.run(conn).await {
+                // Nothing to commit; roll back and answer with the job's error.
+                let rolled = conn.execute_raw("ROLLBACK").await.map_err(Arc::new);
+                settled();
+                job.answer(Ok(()));
+                return rolled;
+            }
+            answers.push(job);
+        } else if job.rerunnable() {
+            if run.is_empty()
+                && let Err(e) = conn.execute_raw("SAVEPOINT run").await
+            {
+                failure = Some(e);
+                continue;
+            }
+            let keep = job.run(conn).await;
+            run.push(job);
+            if !keep {
+                // Undo the run and do it again, a savepoint per job.
+                let undone = match conn.execute_raw("ROLLBACK TO SAVEPOINT run").await {
+                    Ok(()) => conn.execute_raw("RELEASE SAVEPOINT run").await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = undone {
                     failure = Some(e);
                     continue;
                 }
-                let keep = job.run(conn).await;
-                run.push(job);
-                if !keep {
-                    // Undo the run and do it again, a savepoint per job.
-                    let undone = match conn.execute_raw("ROLLBACK TO SAVEPOINT run").await {
-                        Ok(()) => conn.execute_raw("RELEASE SAVEPOINT run").await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = undone {
-                        failure = Some(e);
-                        continue;
-                    }
-                    for mut job in run.drain(..) {
-                        if failure.is_none()
-                            && let Err(e) = in_savepoint(conn, async |c: &mut Conn| job.run(c).await).await
-                        {
-                            failure = Some(e);
-                        }
-                        answers.push(Answer::Again(job));
-                    }
-                }
-            }
-            job => {
-                if !run.is_empty() {
-                    if let Err(e) = conn.execute_raw("RELEASE SAVEPOINT run").await {
+                for mut job in run.drain(..) {
+                    if failure.is_none()
+                        && let Err(e) = in_savepoint(conn, &mut job).await
+                    {
                         failure = Some(e);
                     }
-                    answers.extend(run.drain(..).map(Answer::Again));
-                    if failure.is_some() {
-                        continue;
-                    }
-                }
-                match job {
-                    Job::Again(mut job) => {
-                        // A lone job needs no savepoint: if it fails, the
-                        // whole transaction is rolled back, which is the same.
-                        if !job.run(conn).await {
-                            let rolled = conn.execute_raw("ROLLBACK").await.map_err(Arc::new);
-                            settled();
-                            job.answer(Ok(()));
-                            return rolled;
-                        }
-                        answers.push(Answer::Again(job));
-                    }
-                    Job::Once(job) => {
-                        if single {
-                            let ran = job(conn).await;
-                            if !ran.keep {
-                                // Nothing to commit; roll back and answer with the job's error.
-                                let rolled = conn.execute_raw("ROLLBACK").await.map_err(Arc::new);
-                                settled();
-                                (ran.answer)(Ok(()));
-                                return rolled;
-                            }
-                            answers.push(Answer::Once(ran.answer));
-                            continue;
-                        }
-                        let mut answer = None;
-                        let result = in_savepoint(conn, async |c: &mut Conn| {
-                            let ran = job(c).await;
-                            let keep = ran.keep;
-                            answer = Some(ran.answer);
-                            keep
-                        })
-                        .await;
-                        if let Err(e) = result {
-                            failure = Some(e);
-                        }
-                        if let Some(a) = answer {
-                            answers.push(Answer::Once(a));
-                        }
-                    }
+                    answers.push(job);
                 }
             }
+        } else {
+            if let Err(e) = end_run(conn, &mut run, &mut answers).await {
+                failure = Some(e);
+                continue;
+            }
+            if let Err(e) = in_savepoint(conn, &mut job).await {
+                failure = Some(e);
+            }
+            answers.push(job);
         }
     }
-    if !run.is_empty() {
-        if failure.is_none()
-            && let Err(e) = conn.execute_raw("RELEASE SAVEPOINT run").await
-        {
-            failure = Some(e);
-        }
-        answers.extend(run.drain(..).map(Answer::Again));
+    if failure.is_none()
+        && let Err(e) = end_run(conn, &mut run, &mut answers).await
+    {
+        failure = Some(e);
     }
+    answers.append(&mut run);
     if failure.is_none()
         && let Some(channel) = notify
         && let Err(e) = conn.execute_raw(&format!("NOTIFY {channel}")).await
@@ -436,26 +435,31 @@ async fn run_batch(
         None => conn.execute_raw("COMMIT").await.map_err(Arc::new),
     };
     settled();
-    for answer in answers {
-        match answer {
-            Answer::Once(answer) => answer(result.clone()),
-            Answer::Again(job) => job.answer(result.clone()),
-        }
+    for job in answers {
+        job.answer(result.clone());
     }
     result
 }
 
-/// How a job's caller is answered once the transaction is over.
-enum Answer {
-    Once(Box<dyn FnOnce(std::result::Result<(), Arc<SqlError>>) + Send>),
-    Again(Box<dyn Rerunnable>),
+/// Releases the shared savepoint of a run of rerunnable jobs, if one is
+/// open, and moves them to the answers.
+async fn end_run(
+    conn: &mut Conn,
+    run: &mut Vec<Box<dyn Job>>,
+    answers: &mut Vec<Box<dyn Job>>,
+) -> std::result::Result<(), SqlError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    answers.append(run);
+    conn.execute_raw("RELEASE SAVEPOINT run").await
 }
 
 /// Runs `job` in a savepoint of its own, released if it says to keep its
 /// writes and rolled back otherwise. Fails only if the savepoint does.
-async fn in_savepoint(conn: &mut Conn, job: impl AsyncFnOnce(&mut Conn) -> bool) -> std::result::Result<(), SqlError> {
+async fn in_savepoint(conn: &mut Conn, job: &mut Box<dyn Job>) -> std::result::Result<(), SqlError> {
     conn.execute_raw("SAVEPOINT job").await?;
-    if job(conn).await {
+    if job.run(conn).await {
         conn.execute_raw("RELEASE SAVEPOINT job").await
     } else {
         conn.execute_raw("ROLLBACK TO SAVEPOINT job").await?;

@@ -294,7 +294,7 @@ impl Attempt {
 /// is skipped.
 pub async fn record(
     conn: &mut Conn,
-    attempts: &[Attempt],
+    attempts: &mut [Attempt],
     policy: &RetryPolicy,
     now: DateTime<Utc>,
     unit: &mut (dyn FnMut() -> f64 + Send),
@@ -386,7 +386,7 @@ const MARK_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 /// the VALUES columns their types); on SQLite one `UPDATE` per attempt.
 async fn mark_sent(
     conn: &mut Conn,
-    attempts: &[Attempt],
+    attempts: &mut [Attempt],
     outcomes: &[&'static str],
 ) -> Result<std::collections::HashSet<Uuid>> {
     let mut marked = std::collections::HashSet::with_capacity(attempts.len());
@@ -394,7 +394,7 @@ async fn mark_sent(
         // In process, a statement costs no round trip, and SQLite runs
         // UPDATE … FROM as a join through a temporary table: a drain took
         // a third more CPU with it. So one UPDATE per attempt.
-        for (a, outcome) in attempts.iter().zip(outcomes) {
+        for (a, outcome) in attempts.iter_mut().zip(outcomes) {
             let q = sql::query(
                 "UPDATE requests SET status = 'sent', outcome = $2, sent_at = $3, request_time_ms = $4, \
                  http_response_code = $5, http_response_headers = $6, http_response_body = $7, error_type = $8, \
@@ -413,7 +413,7 @@ async fn mark_sent(
         let left = attempts.len() - at;
         let (size, text) = mark_statements().iter().find(|(n, _)| *n <= left).expect("chunks end with 1");
         let mut q = sql::query(text);
-        for (a, outcome) in attempts[at..at + size].iter().zip(&outcomes[at..at + size]) {
+        for (a, outcome) in attempts[at..at + size].iter_mut().zip(&outcomes[at..at + size]) {
             q = bind_sent(q, a, outcome);
         }
         for row in q.fetch_all(&mut *conn).await? {
@@ -426,16 +426,17 @@ async fn mark_sent(
 
 /// Binds what [`mark_sent`] writes of one attempt, in column order: the
 /// request, then its outcome and the answer.
-fn bind_sent<'q>(q: sql::Query<'q>, a: &Attempt, outcome: &'static str) -> sql::Query<'q> {
+/// The answer's texts move into the statement: nothing reads them after.
+fn bind_sent<'q>(q: sql::Query<'q>, a: &mut Attempt, outcome: &'static str) -> sql::Query<'q> {
     q.bind(a.due.request.to_string())
         .bind(outcome)
         .bind(to_micros(a.sent_at))
         .bind(a.elapsed_ms)
         .bind(a.response_code.map(i64::from))
-        .bind(a.response_headers.clone())
-        .bind(a.response_body.clone())
+        .bind(a.response_headers.take())
+        .bind(a.response_body.take())
         .bind(a.error_type)
-        .bind(a.error_description.clone())
+        .bind(a.error_description.take())
 }
 
 /// The PostgreSQL statements of [`mark_sent`], one per chunk size, built
