@@ -25,6 +25,9 @@ pub const RETRIES: &str = "fieldhook_retries_scheduled_total";
 pub const EXHAUSTED: &str = "fieldhook_deliveries_exhausted_total";
 /// Requests claimed by one claim of a worker.
 pub const CLAIM_BATCH: &str = "fieldhook_claim_batch_size";
+/// Requests handed straight from their commit to the delivery engine
+/// (SQLite), with no claim.
+pub const HANDED_OVER: &str = "fieldhook_requests_handed_over_total";
 /// Writes (API changes, batches of delivery results, …) sharing one
 /// transaction of the group committer: one fsync for all of them.
 pub const COMMIT_BATCH: &str = "fieldhook_commit_batch_size";

@@ -14,7 +14,7 @@ pub mod sender;
 
 use crate::api::auth::TokenSigner;
 use crate::clock::SharedClock;
-use crate::domain::webhook::{RetryPolicy, WebhookStatus};
+use crate::domain::webhook::{Ordering, RetryPolicy, WebhookStatus};
 use crate::error::Result;
 use crate::storage::deliveries::{self, Attempt, Due, Target};
 use crate::storage::{Backend, Db};
@@ -49,16 +49,14 @@ fn decrement(counts: &mut HashMap<Uuid, usize>, key: &Uuid) {
 }
 
 /// The next request read ahead for `webhook`, claimed for the slot of a
-/// POST that just finished (which keeps its slot), and whether the queue
-/// now holds less than a round of `bound` slots.
-fn take_queued(f: &mut InFlight, webhook: &Uuid, bound: usize) -> Option<(Due, bool)> {
+/// POST that just finished (which keeps its slot).
+fn take_queued(f: &mut InFlight, webhook: &Uuid) -> Option<Due> {
     let queue = f.ahead.get_mut(webhook)?;
     while let Some(due) = queue.pop_front() {
-        let low = queue.len() < bound;
         f.ahead_ids.remove(&due.request);
         if f.requests.insert(due.request) {
             *f.unrecorded.entry(*webhook).or_default() += 1;
-            return Some((due, low));
+            return Some(due);
         }
     }
     None
@@ -106,6 +104,19 @@ struct InFlight {
     /// The list of webhooks `ahead` was last checked against (held, so
     /// that a new list can never share its address).
     ahead_checked_against: Option<Arc<Vec<Arc<Target>>>>,
+    /// SQLite: webhooks whose last claim found every due request, so that
+    /// `ahead` and the hand-offs since hold all their due work. Cleared
+    /// whenever something may have added work a claim has to find (see
+    /// [`Shared::caught_up`]).
+    caught_up: HashMap<Uuid, CaughtUp>,
+}
+
+/// When a claim found every due request of a webhook.
+#[derive(Debug, Clone, Copy)]
+struct CaughtUp {
+    /// The committer's requests generation before the claim began.
+    requests_generation: Option<u64>,
+    at: chrono::DateTime<chrono::Utc>,
 }
 
 impl InFlight {
@@ -126,7 +137,23 @@ const RESULT_BATCH: usize = 256;
 const RESULT_LINGER: Duration = Duration::from_millis(5);
 
 /// How many due requests a SQLite claim reads ahead for one webhook.
-const READ_AHEAD: usize = 256;
+const READ_AHEAD: usize = 512;
+
+/// The read-ahead queue is topped up once it holds fewer than this. Half
+/// the read-ahead: a claim then runs while the queue still has work for
+/// every slot, so the POSTs never wait for it (with a refill at one round
+/// of slots, the queue ran dry while the claim read).
+const REFILL_BELOW: usize = READ_AHEAD / 2;
+
+/// At most this many requests wait in a webhook's read-ahead queue after
+/// hand-offs; beyond it, fresh requests are left to a claim.
+const HANDOFF_QUEUE: usize = 4 * READ_AHEAD;
+
+/// How long a claim that found every due request of a webhook is trusted
+/// (on the injected clock), while commits hand new ones over: long enough
+/// to spare the claims of a busy stream, short enough that a retry falling
+/// due is picked up at once.
+const CAUGHT_UP_FOR: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
 
 struct Shared {
     db: Db,
@@ -146,6 +173,66 @@ struct Shared {
     halted: AtomicBool,
     /// The temporary token last issued per key, with its expiry (`token`).
     tokens_issued: Mutex<HashMap<Uuid, (i64, HeaderValue)>>,
+    handed_over: metrics::Counter,
+}
+
+impl Shared {
+    /// Whether the list of webhooks read at `stamp` is still good to serve from.
+    fn is_current(&self, stamp: ListStamp) -> bool {
+        self.db.committer.webhooks_generation() == Some(stamp.generation) && stamp.read_at.elapsed() < SAFETY_POLL
+    }
+
+    /// Whether the read-ahead queue of `webhook` holds all its due work, so
+    /// that no claim is needed: its last claim found every due request, no
+    /// commit since wrote a request without handing it over (a retry, a
+    /// resend, one the engine did not take), and the claim is recent enough
+    /// that no retry can have fallen due since unnoticed.
+    fn caught_up(&self, f: &InFlight, webhook: &Uuid, now: chrono::DateTime<chrono::Utc>) -> bool {
+        f.caught_up.get(webhook).is_some_and(|c| {
+            c.requests_generation.is_some()
+                && c.requests_generation == self.db.committer.requests_generation()
+                && now >= c.at
+                && now - c.at < CAUGHT_UP_FOR
+        })
+    }
+
+    /// Takes the fresh requests of a commit, handed over by the committer
+    /// (SQLite), into the read-ahead queues: only for webhooks served in
+    /// event order from the current list whose queue holds all their due
+    /// work, so that the queue stays in claim order. Says whether it took
+    /// them all; what it leaves, a claim finds.
+    fn take_fresh(&self, fresh: Vec<Due>) -> bool {
+        if self.halted.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        let now = self.clock.now();
+        let cached = self.targets.lock().expect("targets lock");
+        let Some(list) = cached.as_ref().filter(|c| self.is_current(c.stamp)) else {
+            return false;
+        };
+        let mut f = self.in_flight.lock().expect("in-flight lock");
+        let offered = fresh.len();
+        let mut taken = 0;
+        for due in fresh {
+            let served = list
+                .by_uuid
+                .get(&due.webhook)
+                .is_some_and(|t| t.status == WebhookStatus::Active && t.ordering == Ordering::None);
+            let room = f.ahead.get(&due.webhook).map_or(0, VecDeque::len) < HANDOFF_QUEUE;
+            if served && room && self.caught_up(&f, &due.webhook, now) {
+                f.ahead_ids.insert(due.request);
+                f.ahead.entry(due.webhook).or_default().push_back(due);
+                taken += 1;
+            } else {
+                f.caught_up.remove(&due.webhook);
+            }
+        }
+        drop(f);
+        drop(cached);
+        self.handed_over.increment(taken as u64);
+        self.freed.notify_one();
+        taken == offered
+    }
 }
 
 /// The metrics every attempt touches, looked up once: through the macros
@@ -171,6 +258,8 @@ impl AttemptMetrics {
 struct CachedTargets {
     stamp: ListStamp,
     targets: Arc<Vec<Arc<Target>>>,
+    /// The same, by uuid (for hand-offs).
+    by_uuid: HashMap<Uuid, Arc<Target>>,
 }
 
 /// Which read of the webhooks a list is (SQLite): the committer's webhook
@@ -223,14 +312,17 @@ impl Engine {
                 attempt_metrics: AttemptMetrics::new(),
                 halted: AtomicBool::new(false),
                 tokens_issued: Mutex::default(),
+                handed_over: metrics::counter!(crate::metrics::HANDED_OVER),
             }),
             results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
             wake: Arc::new(Notify::new()),
         }
     }
 
-    /// Makes the loop look at the queue now (tests that move the clock).
+    /// Makes the loop look at the queue now, claims included (tests that
+    /// move the clock).
     pub fn wake(&self) {
+        self.shared.in_flight.lock().expect("in-flight lock").caught_up.clear();
         self.wake.notify_one();
     }
 
@@ -274,9 +366,12 @@ impl Engine {
             };
             let read_ahead = s.db.backend == Backend::Sqlite && !probe;
             // POSTs under way take the next queued request themselves when
-            // they finish (`send`), so the queue is topped up while it holds
-            // less than a round of slots, even when no slot is free.
-            let refill = read_ahead && queued < bound;
+            // they finish (`send`), so the queue is topped up while it runs
+            // low, even when no slot is free — unless the last claim found
+            // all there was, and commits since handed their requests over.
+            let refill = read_ahead
+                && queued < REFILL_BELOW
+                && !s.caught_up(&s.in_flight.lock().expect("in-flight lock"), &target.uuid, now);
             // One probe at a time: not while the last one awaits its record.
             if (room == 0 && !refill) || (probe && held > 0) {
                 waiting = true;
@@ -291,9 +386,13 @@ impl Engine {
                     Backend::Sqlite => room + held,
                     Backend::Postgres => room,
                 };
-                let claimed = self.claim(&target, limit as i64, bound as i64, now, probe).await?;
+                let generation = s.db.committer.requests_generation();
+                let (claimed, all_due) = self.claim(&target, limit as i64, bound as i64, now, probe).await?;
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 let f = &mut *f;
+                if read_ahead && all_due {
+                    f.caught_up.insert(target.uuid, CaughtUp { requests_generation: generation, at: now });
+                }
                 let queue = f.ahead.entry(target.uuid).or_default();
                 let before = queue.len();
                 for due in claimed {
@@ -362,22 +461,26 @@ impl Engine {
                 return Ok((c.targets.clone(), Some(c.stamp)));
             }
         }
+        // A new list may serve webhooks differently (resumed, say): every
+        // webhook is claimed for again.
+        s.in_flight.lock().expect("in-flight lock").caught_up.clear();
         let mut conn = s.db.read.acquire().await?;
         let targets = Arc::new(deliveries::targets(&mut conn).await?);
         let stamp = generation.map(|generation| ListStamp { generation, read_at: std::time::Instant::now() });
         if let Some(stamp) = stamp {
-            *s.targets.lock().expect("targets lock") = Some(CachedTargets { stamp, targets: targets.clone() });
+            let by_uuid = targets.iter().map(|t| (t.uuid, t.clone())).collect();
+            *s.targets.lock().expect("targets lock") = Some(CachedTargets { stamp, targets: targets.clone(), by_uuid });
         }
         Ok((targets, stamp))
     }
 
-    /// Whether the list of webhooks read at `stamp` is still good to serve from.
     fn is_current(&self, stamp: ListStamp) -> bool {
-        self.shared.db.committer.webhooks_generation() == Some(stamp.generation)
-            && stamp.read_at.elapsed() < SAFETY_POLL
+        self.shared.is_current(stamp)
     }
 
-    /// Claims for one webhook; a probe is its oldest pending request, due or not.
+    /// Claims for one webhook; a probe is its oldest pending request, due or
+    /// not. Says, on SQLite, whether the claim found every due request
+    /// (fewer were due than `limit`).
     async fn claim(
         &self,
         target: &Target,
@@ -385,7 +488,7 @@ impl Engine {
         bound: i64,
         now: chrono::DateTime<chrono::Utc>,
         probe: bool,
-    ) -> Result<Vec<Due>> {
+    ) -> Result<(Vec<Due>, bool)> {
         let s = &self.shared;
         let lease = lease(s.config.timeout);
         match s.db.backend {
@@ -396,20 +499,34 @@ impl Engine {
                 let mut conn = s.db.read.acquire().await?;
                 let mut from = None;
                 let mut limit = limit;
+                let mut all_due = false;
                 if !probe {
                     let positions = deliveries::due_positions(&mut conn, target, limit, now).await?;
+                    all_due = (positions.len() as i64) < limit;
                     let f = s.in_flight.lock().expect("in-flight lock");
                     let held = |id: &Uuid| {
                         f.requests.contains(id) || f.ahead_ids.contains(id) || f.finished_this_pass.contains(id)
                     };
                     let Some(first) = positions.iter().position(|p| !held(&p.uuid)) else {
-                        return Ok(Vec::new());
+                        return Ok((Vec::new(), all_due));
                     };
                     from = Some(positions[first]);
                     limit -= first as i64;
                 }
-                deliveries::claim(&mut conn, Backend::Sqlite, target, limit, bound, now, probe, lease, &s.node, from)
-                    .await
+                let claimed = deliveries::claim(
+                    &mut conn,
+                    Backend::Sqlite,
+                    target,
+                    limit,
+                    bound,
+                    now,
+                    probe,
+                    lease,
+                    &s.node,
+                    from,
+                )
+                .await?;
+                Ok((claimed, all_due))
             }
             Backend::Postgres => {
                 let mut conn = s.db.read.acquire().await?;
@@ -434,7 +551,7 @@ impl Engine {
                 .await;
                 // A pooled connection must not go back inside a transaction.
                 conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
-                claimed
+                Ok((claimed?, false))
             }
         }
     }
@@ -454,14 +571,21 @@ impl Engine {
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 let next = match chain {
                     Some(stamp) if !s.halted.load(std::sync::atomic::Ordering::Relaxed) && self.is_current(stamp) => {
-                        take_queued(&mut f, &target.uuid, s.config.max_in_flight_per_webhook)
+                        take_queued(&mut f, &target.uuid)
                     }
                     _ => None,
                 };
-                if next.is_none() {
-                    decrement(&mut f.per_webhook, &target.uuid);
+                match next {
+                    Some(next) => {
+                        let low = f.ahead.get(&target.uuid).map_or(0, VecDeque::len) < REFILL_BELOW
+                            && !s.caught_up(&f, &target.uuid, s.clock.now());
+                        Some((next, low))
+                    }
+                    None => {
+                        decrement(&mut f.per_webhook, &target.uuid);
+                        None
+                    }
                 }
-                next
             };
             if s.results.send(attempt).is_err() {
                 tracing::warn!("delivery recorder has stopped; the attempt will be repeated");
@@ -656,6 +780,11 @@ impl Engine {
             tokio::spawn(async move { engine.listen(stop).await })
         });
         let s = &self.shared;
+        // SQLite: the committer hands this engine each commit's new requests.
+        let shared = Arc::downgrade(&self.shared);
+        let handing_over =
+            s.db.committer
+                .hand_to(Some(Arc::new(move |fresh: Vec<Due>| shared.upgrade().is_some_and(|s| s.take_fresh(fresh)))));
         // When the next retry falls due, as last read, and when that was.
         let mut next_due: Option<(std::time::Instant, Duration)> = None;
         while !stop.is_cancelled() {
@@ -703,6 +832,9 @@ impl Engine {
         // Graceful stop: no new claims; what is in flight finishes (bounded
         // by the delivery timeout) and is recorded.
         s.halted.store(true, std::sync::atomic::Ordering::Relaxed);
+        if handing_over {
+            s.db.committer.hand_to(None);
+        }
         let _ = recorder.await;
         pruner.abort();
         stats.abort();

@@ -148,7 +148,7 @@ impl Sender {
 
     /// POSTs `body` to `endpoint` (or reports why its URL is unusable) with
     /// `headers`; never fails, every problem is part of the answer.
-    pub async fn post(&self, endpoint: &Result<Arc<Endpoint>, String>, headers: HeaderMap, body: String) -> Answer {
+    pub async fn post(&self, endpoint: &Result<Arc<Endpoint>, String>, headers: HeaderMap, body: Bytes) -> Answer {
         let started = Instant::now();
         let outcome = match endpoint {
             Err(e) => Err(Failure::connection(e)),
@@ -191,10 +191,9 @@ impl Sender {
         }
     }
 
-    async fn exchange(&self, endpoint: &Endpoint, headers: HeaderMap, body: String) -> Result<Answer, Failure> {
-        let mut request = hyper::Request::post(endpoint.target.clone())
-            .body(Full::new(Bytes::from(body)))
-            .map_err(Failure::connection)?;
+    async fn exchange(&self, endpoint: &Endpoint, headers: HeaderMap, body: Bytes) -> Result<Answer, Failure> {
+        let mut request =
+            hyper::Request::post(endpoint.target.clone()).body(Full::new(body)).map_err(Failure::connection)?;
         *request.headers_mut() = headers;
         request.headers_mut().insert(HOST, endpoint.host_header.clone());
         request.headers_mut().insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));

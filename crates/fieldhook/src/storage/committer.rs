@@ -11,14 +11,16 @@
 //! task on the runtime, as its statements are network round trips.
 
 use super::Backend;
+use super::deliveries::Due;
+use super::handoff::{Committed, Mark};
 use super::sql::{Conn, SqlError};
 use crate::error::{Error, Result};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::postgres::PgPool;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// How many jobs at most share one transaction. Large enough to amortise the
@@ -146,7 +148,18 @@ pub struct Committer {
     /// key, so the delivery engine can keep its list of webhooks until then.
     /// `None` on PostgreSQL, where other nodes change them too.
     webhooks_generation: Option<Arc<AtomicU64>>,
+    /// SQLite: bumped after each commit that wrote requests the delivery
+    /// engine has not been handed (retries, resends, test events, or fresh
+    /// ones it did not take), which only a claim finds.
+    requests_generation: Option<Arc<AtomicU64>>,
+    /// SQLite: where committed requests are handed over, if anywhere.
+    sink: Option<Arc<Mutex<Option<Sink>>>>,
 }
+
+/// Takes the fresh requests of a committed transaction (SQLite); says
+/// whether it took them all. Called on the writer thread after the commit,
+/// before the next transaction begins: it must be quick and never block.
+pub type Sink = Arc<dyn Fn(Vec<Due>) -> bool + Send + Sync>;
 
 impl Committer {
     /// Starts the committer on a thread of its own that owns the SQLite
@@ -155,21 +168,32 @@ impl Committer {
     pub fn start_sqlite(conn: Conn, wal_long: Arc<AtomicBool>) -> Self {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
-        let signal = committed.clone();
         // Jobs are async code whose SQLite statements never wait; the thread
         // polls each batch to completion. Entering the runtime keeps any
         // tokio type a job might touch working.
         let runtime = tokio::runtime::Handle::current();
-        let generation = Arc::new(AtomicU64::new(0));
-        let bump = generation.clone();
+        let writer = Writer {
+            committed: committed.clone(),
+            webhooks_generation: Arc::default(),
+            requests_generation: Arc::default(),
+            sink: Arc::default(),
+            wal_long,
+        };
+        let handle = Self {
+            tx,
+            committed,
+            webhooks_generation: Some(writer.webhooks_generation.clone()),
+            requests_generation: Some(writer.requests_generation.clone()),
+            sink: Some(writer.sink.clone()),
+        };
         std::thread::Builder::new()
             .name("fieldhook-writer".into())
             .spawn(move || {
                 let _runtime = runtime.enter();
-                run_sqlite(conn, rx, &signal, &bump, &wal_long);
+                run_sqlite(conn, rx, &writer);
             })
             .expect("spawning the SQLite writer thread");
-        Self { tx, committed, webhooks_generation: Some(generation) }
+        handle
     }
 
     /// Starts the committer on a dedicated connection of `pool`. Every
@@ -179,13 +203,32 @@ impl Committer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
         tokio::spawn(run_postgres(pool, rx, committed.clone(), channel));
-        Self { tx, committed, webhooks_generation: None }
+        Self { tx, committed, webhooks_generation: None, requests_generation: None, sink: None }
     }
 
     /// How many commits so far changed webhooks or API keys (SQLite); `None`
     /// when this process cannot know (PostgreSQL).
     pub fn webhooks_generation(&self) -> Option<u64> {
         self.webhooks_generation.as_ref().map(|g| g.load(Ordering::Acquire))
+    }
+
+    /// How many commits so far wrote requests that only a claim finds
+    /// (SQLite); `None` on PostgreSQL, where every request is claimed.
+    pub fn requests_generation(&self) -> Option<u64> {
+        self.requests_generation.as_ref().map(|g| g.load(Ordering::Acquire))
+    }
+
+    /// Hands the fresh requests of every later commit to `sink` (or stops
+    /// handing them over, with `None`). Only SQLite hands requests over;
+    /// says whether this committer does.
+    pub fn hand_to(&self, sink: Option<Sink>) -> bool {
+        match &self.sink {
+            Some(slot) => {
+                *slot.lock().expect("hand-off sink lock") = sink;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Runs `f` inside the next group transaction and returns its result once
@@ -223,10 +266,6 @@ impl Committer {
     }
 }
 
-/// What a SQLite batch changed, as the update hook saw it.
-const WEBHOOKS_CHANGED: u8 = 1;
-const REQUESTS_ADDED: u8 = 2;
-
 /// Takes the jobs waiting now, up to [`MAX_BATCH`], after `first`.
 fn gather(first: Box<dyn Job>, rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
     batch.push(first);
@@ -238,47 +277,70 @@ fn gather(first: Box<dyn Job>, rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mu
     }
 }
 
-fn run_sqlite(
-    mut conn: Conn,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
-    committed: &Notify,
-    generation: &AtomicU64,
-    wal_long: &AtomicBool,
-) {
-    // SQLite reports every row this connection changes. A change to the
-    // tables the engine's webhook list is read from marks the batch, and so
-    // does a new request: only such commits can give the engine new work
-    // (results free slots, and the engine hears of those itself).
-    let changes = Arc::new(AtomicU8::new(0));
+/// What the SQLite writer thread shares with the [`Committer`] handles.
+struct Writer {
+    committed: Arc<Notify>,
+    webhooks_generation: Arc<AtomicU64>,
+    requests_generation: Arc<AtomicU64>,
+    sink: Arc<Mutex<Option<Sink>>>,
+    wal_long: Arc<AtomicBool>,
+}
+
+fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Box<dyn Job>>, writer: &Writer) {
+    // SQLite reports every row this connection changes. Only a change to
+    // the tables the engine's webhook list is read from, or a new request,
+    // can give the engine new work (results free slots, and the engine
+    // hears of those itself). New requests are counted, to tell whether
+    // the engine was handed them all.
+    let webhooks_changed = Arc::new(AtomicBool::new(false));
+    let inserted = Arc::new(AtomicUsize::new(0));
     if let Conn::Sqlite(c) = &conn {
-        let mark = changes.clone();
+        let (changed, count) = (webhooks_changed.clone(), inserted.clone());
         c.update_hook(Some(move |action: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
             match (table, action) {
-                ("webhooks" | "api_keys", _) => mark.fetch_or(WEBHOOKS_CHANGED, Ordering::Relaxed),
+                ("webhooks" | "api_keys", _) => changed.store(true, Ordering::Relaxed),
                 ("requests", rusqlite::hooks::Action::SQLITE_INSERT) => {
-                    mark.fetch_or(REQUESTS_ADDED, Ordering::Relaxed)
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => 0,
-            };
+                _ => {}
+            }
         }));
     }
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         gather(first, &mut rx, &mut batch);
+        let sink = writer.sink.lock().expect("hand-off sink lock").clone();
+        if let Conn::Sqlite(c) = &mut conn {
+            c.collect_handoffs(sink.is_some());
+        }
         // Bumped before any caller hears back (so a paused webhook is never
         // served from the old list after the pause was acknowledged), and
         // whatever the outcome: a rolled-back change costs one extra read.
-        let mut wake = false;
+        let mut changed = false;
+        let mut new_requests = 0;
         let mut settled = || {
-            let changed = changes.swap(0, Ordering::Relaxed);
-            if changed & WEBHOOKS_CHANGED != 0 {
-                generation.fetch_add(1, Ordering::Release);
+            changed = webhooks_changed.swap(false, Ordering::Relaxed);
+            new_requests = inserted.swap(0, Ordering::Relaxed);
+            if changed {
+                writer.webhooks_generation.fetch_add(1, Ordering::Release);
             }
-            wake = changed != 0;
         };
-        match futures::executor::block_on(run_batch(&mut conn, &mut batch, None, &mut settled)) {
-            Ok(()) if wake => committed.notify_waiters(),
-            Ok(()) => {}
+        let outcome = futures::executor::block_on(run_batch(&mut conn, &mut batch, None, &mut settled));
+        let handed = conn.handoff().map(|h| h.take()).unwrap_or_default();
+        match outcome {
+            Ok(()) => {
+                // Requests that were not handed over, or that the engine did
+                // not take, are for a claim to find.
+                let Committed { fresh, accounted } = handed;
+                let taken = fresh.is_empty() || sink.is_some_and(|take| take(fresh));
+                let to_claim = new_requests > accounted || !taken;
+                if to_claim {
+                    writer.requests_generation.fetch_add(1, Ordering::Release);
+                }
+                if changed || to_claim {
+                    writer.committed.notify_waiters();
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
                 if let Conn::Sqlite(c) = &conn
@@ -289,11 +351,11 @@ fn run_sqlite(
             }
         }
         // Between batches, after the callers have their answers.
-        if wal_long.load(Ordering::Relaxed)
+        if writer.wal_long.load(Ordering::Relaxed)
             && let Conn::Sqlite(c) = &conn
             && super::sql::finish_checkpoint(c)
         {
-            wal_long.store(false, Ordering::Relaxed);
+            writer.wal_long.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -359,8 +421,10 @@ async fn run_batch(
         return Err(Arc::new(e));
     }
     let mut failure: Option<SqlError> = None;
-    // The rerunnable jobs run since the shared savepoint was taken.
+    // The rerunnable jobs run since the shared savepoint was taken, and
+    // where their hand-offs began.
     let mut run: Vec<Box<dyn Job>> = Vec::new();
+    let mut run_mark = Mark::default();
     for mut job in batch.drain(..) {
         if failure.is_some() {
             continue;
@@ -371,17 +435,19 @@ async fn run_batch(
             if !job.run(conn).await {
                 // Nothing to commit; roll back and answer with the job's error.
                 let rolled = conn.execute_raw("ROLLBACK").await.map_err(Arc::new);
+                conn.undo_handoffs(Mark::default());
                 settled();
                 job.answer(Ok(()));
                 return rolled;
             }
             answers.push(job);
         } else if job.rerunnable() {
-            if run.is_empty()
-                && let Err(e) = conn.execute_raw("SAVEPOINT run").await
-            {
-                failure = Some(e);
-                continue;
+            if run.is_empty() {
+                if let Err(e) = conn.execute_raw("SAVEPOINT run").await {
+                    failure = Some(e);
+                    continue;
+                }
+                run_mark = conn.handoff_mark();
             }
             let keep = job.run(conn).await;
             run.push(job);
@@ -391,6 +457,7 @@ async fn run_batch(
                     Ok(()) => conn.execute_raw("RELEASE SAVEPOINT run").await,
                     Err(e) => Err(e),
                 };
+                conn.undo_handoffs(run_mark);
                 if let Err(e) = undone {
                     failure = Some(e);
                     continue;
@@ -434,6 +501,9 @@ async fn run_batch(
         }
         None => conn.execute_raw("COMMIT").await.map_err(Arc::new),
     };
+    if result.is_err() {
+        conn.undo_handoffs(Mark::default());
+    }
     settled();
     for job in answers {
         job.answer(result.clone());
@@ -459,9 +529,11 @@ async fn end_run(
 /// writes and rolled back otherwise. Fails only if the savepoint does.
 async fn in_savepoint(conn: &mut Conn, job: &mut Box<dyn Job>) -> std::result::Result<(), SqlError> {
     conn.execute_raw("SAVEPOINT job").await?;
+    let mark = conn.handoff_mark();
     if job.run(conn).await {
         conn.execute_raw("RELEASE SAVEPOINT job").await
     } else {
+        conn.undo_handoffs(mark);
         conn.execute_raw("ROLLBACK TO SAVEPOINT job").await?;
         conn.execute_raw("RELEASE SAVEPOINT job").await
     }

@@ -7,8 +7,10 @@ use super::accounts::uuid_col;
 use super::sql::{self, Conn};
 use crate::clock::{from_micros, to_micros};
 use crate::delivery::sender::Endpoint;
+use crate::domain::event::Event;
 use crate::domain::webhook::{Ordering, PayloadSigner, RetryPolicy, WebhookStatus};
 use crate::error::Result;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,10 +88,32 @@ pub struct Due {
     pub entity_version: i64,
     pub attempt_no: i64,
     pub retry_no: i64,
-    /// The exact body to send.
-    pub body: String,
+    /// The exact body to send (shared by the webhooks an event was handed
+    /// to, see [`super::handoff`]).
+    pub body: Bytes,
     /// When the event was committed (for the delivery latency metric).
     pub event_created_at: DateTime<Utc>,
+}
+
+impl Due {
+    /// The first attempt of `event` for `webhook`: request `request`, just
+    /// written by the fan-out.
+    pub fn first(request: Uuid, webhook: Uuid, account: Uuid, event: &Event, body: Bytes) -> Self {
+        Due {
+            request,
+            webhook,
+            account: account.to_string(),
+            event_uuid: event.uuid,
+            event_type: event.event_type.name().to_string(),
+            entity_type: event.entity_type.to_string(),
+            entity_uuid: event.entity_uuid.to_string(),
+            entity_version: event.entity_version,
+            attempt_no: 1,
+            retry_no: 0,
+            body,
+            event_created_at: event.created_at,
+        }
+    }
 }
 
 /// Claims up to `limit` due requests of one webhook, oldest first, for
@@ -163,7 +187,7 @@ pub async fn claim(
     let due: Vec<Due> = rows
         .into_iter()
         .map(|mut r| {
-            let body = r.take_text("body")?;
+            let body = Bytes::from(r.take_text("body")?);
             let r = &r;
             Ok(Due {
                 request: uuid_col(r, "uuid")?,

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod committer;
 pub mod deliveries;
 pub mod events;
+pub mod handoff;
 pub mod notifications;
 pub mod people;
 pub mod resources;
@@ -83,7 +84,7 @@ impl Db {
                 backend: Backend::Sqlite,
                 url: format!("sqlite://{path}"),
                 read,
-                committer: Committer::start_sqlite(Conn::Sqlite(writer), wal_long),
+                committer: Committer::start_sqlite(Conn::Sqlite(sql::SqliteConn::new(writer)), wal_long),
                 _lock: lock.map(std::sync::Arc::new),
             });
         }

@@ -15,6 +15,7 @@
 //! trips, which async does well.
 
 use super::Backend;
+use super::handoff::{HandOff, Mark};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgRow, Postgres};
 use sqlx::{Arguments, Column, Executor, Row as _, TypeInfo};
@@ -272,8 +273,38 @@ impl Row {
 
 /// A connection: SQLite through rusqlite, PostgreSQL through sqlx.
 pub enum Conn {
-    Sqlite(rusqlite::Connection),
+    Sqlite(SqliteConn),
     Postgres(PoolConnection<Postgres>),
+}
+
+/// A SQLite connection; the writer's also carries what its transaction
+/// hands to the delivery engine.
+pub struct SqliteConn {
+    conn: rusqlite::Connection,
+    handoff: Option<HandOff>,
+}
+
+impl SqliteConn {
+    pub(crate) fn new(conn: rusqlite::Connection) -> Self {
+        Self { conn, handoff: None }
+    }
+
+    /// Starts or stops collecting hand-offs (the committer: while a
+    /// delivery engine takes them).
+    pub(crate) fn collect_handoffs(&mut self, on: bool) {
+        match (on, self.handoff.is_some()) {
+            (true, false) => self.handoff = Some(HandOff::default()),
+            (false, true) => self.handoff = None,
+            _ => {}
+        }
+    }
+}
+
+impl Deref for SqliteConn {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
+        &self.conn
+    }
 }
 
 impl Conn {
@@ -281,6 +312,27 @@ impl Conn {
         match self {
             Conn::Sqlite(_) => Backend::Sqlite,
             Conn::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Where this connection's transaction hands new requests to the
+    /// delivery engine: the SQLite writer's, while an engine takes them.
+    pub fn handoff(&mut self) -> Option<&mut HandOff> {
+        match self {
+            Conn::Sqlite(c) => c.handoff.as_mut(),
+            Conn::Postgres(_) => None,
+        }
+    }
+
+    /// Where a savepoint begins, for [`undo_handoffs`](Self::undo_handoffs).
+    pub(crate) fn handoff_mark(&mut self) -> Mark {
+        self.handoff().map(|h| h.mark()).unwrap_or_default()
+    }
+
+    /// Forgets the hand-offs since `mark`: their writes were rolled back.
+    pub(crate) fn undo_handoffs(&mut self, mark: Mark) {
+        if let Some(h) = self.handoff() {
+            h.undo(mark);
         }
     }
 
@@ -441,7 +493,7 @@ impl ReadPool {
                     Some(c) => c,
                     None => open_sqlite(&readers.path, Role::Reader)?,
                 };
-                Ok(Pooled { conn: Some(Conn::Sqlite(conn)), home: Some(readers.clone()) })
+                Ok(Pooled { conn: Some(Conn::Sqlite(SqliteConn::new(conn))), home: Some(readers.clone()) })
             }
             ReadPool::Postgres(pool) => Ok(Pooled { conn: Some(Conn::Postgres(pool.acquire().await?)), home: None }),
         }
@@ -506,7 +558,7 @@ impl Drop for Pooled {
             // A connection left inside a transaction (a reader that failed
             // half-way) is not handed on.
             if idle.len() < IDLE_READERS && c.is_autocommit() {
-                idle.push(c);
+                idle.push(c.conn);
             }
         }
     }

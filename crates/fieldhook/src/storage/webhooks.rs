@@ -2,6 +2,7 @@
 //! the request log as the API lists it.
 
 use super::accounts::uuid_col;
+use super::deliveries::Due;
 use super::sql::{self, Conn, Row};
 use crate::clock::{from_micros, to_micros};
 use crate::domain::event::Event;
@@ -168,15 +169,35 @@ pub async fn make_pending_due(conn: &mut Conn, webhook: Uuid, now: DateTime<Utc>
 
 /// Writes one pending request (attempt 1, due now) for every webhook of the
 /// account subscribed to the event. Runs in the event's transaction.
+///
+/// On the SQLite writer each request of a webhook served in event order
+/// is also handed to the delivery engine, so that no claim has to read it
+/// back ([`super::handoff`]); those of entity-ordered webhooks wait for
+/// their turn in a claim, and probes of suspended ones are claimed too.
 pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<usize> {
-    let subscribers: Vec<String> =
-        sql::query_scalar("SELECT uuid FROM webhooks WHERE account_uuid = $1 AND removed = 0 AND event_types LIKE $2")
-            .bind(account.to_string())
-            .bind(format!("%,{},%", event.event_type.name()))
-            .fetch_all(&mut *conn)
-            .await?;
-    for webhook in &subscribers {
-        insert_request(conn, account, webhook, event, 1, to_micros(event.created_at)).await?;
+    let subscribers = sql::query(
+        "SELECT uuid, status, ordering FROM webhooks \
+         WHERE account_uuid = $1 AND removed = 0 AND event_types LIKE $2",
+    )
+    .bind(account.to_string())
+    .bind(format!("%,{},%", event.event_type.name()))
+    .fetch_all(&mut *conn)
+    .await?;
+    // One copy of the body, shared by every request handed over.
+    let mut body: Option<bytes::Bytes> = None;
+    for row in &subscribers {
+        let webhook: String = row.try_get("uuid")?;
+        let send_at = to_micros(event.created_at);
+        let request = insert_request(conn, account, &webhook, event, 1, send_at).await?;
+        let Some(handoff) = conn.handoff() else { continue };
+        match WebhookStatus::parse(&row.try_get::<String, _>("status")?) {
+            WebhookStatus::Active if Ordering::parse(&row.try_get::<String, _>("ordering")?) == Ordering::None => {
+                let body = body.get_or_insert_with(|| bytes::Bytes::from(event.body.clone())).clone();
+                handoff.offer(Due::first(request, uuid_col(row, "uuid")?, account, event, body));
+            }
+            WebhookStatus::Paused => handoff.unserved(),
+            WebhookStatus::Active | WebhookStatus::Suspended => {}
+        }
     }
     Ok(subscribers.len())
 }

@@ -22,6 +22,7 @@ crate::on_both_backends!(
     pause_holds_events_and_resume_releases_them,
     pausing_in_the_middle_of_a_backlog_stops_sending_at_once,
     a_backlog_beyond_the_read_ahead_goes_out_once_within_the_in_flight_bound,
+    creates_undone_in_a_busy_group_commit_deliver_nothing,
     the_test_event_and_deleting_a_webhook,
     webhook_urls_and_event_types_are_validated,
     sent_requests_are_pruned_after_the_retention_period,
@@ -543,6 +544,51 @@ async fn a_backlog_beyond_the_read_ahead_goes_out_once_within_the_in_flight_boun
     assert!(peak <= 16, "{peak} requests were in flight to one webhook at once");
     // Slow answers and a long backlog: the bound is not just respected but used.
     assert!(peak > 1, "requests went out one at a time");
+}
+
+/// On SQLite a commit hands its new requests straight to the engine. When
+/// a create fails in a busy group commit, the creates that shared its
+/// savepoint are undone and run again: what the undone run handed over
+/// must never be sent. Every stored client's event arrives once, under the
+/// event uuid in the outbox, and nothing of the failed or undone creates.
+async fn creates_undone_in_a_busy_group_commit_deliver_nothing(app: TestApp) {
+    let rx = Receiver::start().await;
+    app.webhook(&rx.url, &["client_created"]).await;
+    // One delivery first, so that the engine has claimed once and takes
+    // the hand-offs of the burst (it takes none before its first claim).
+    app.create("clients", json!({"first_name": "first"})).await;
+    rx.wait_for(1).await;
+    let creates = (0..60).map(|i| {
+        let external_id = if i % 3 == 0 { "dup".to_string() } else { format!("own-{i}") };
+        let body = json!({"first_name": format!("C{i}"), "external_id": external_id});
+        let app = &app;
+        async move { app.post("/v2/clients", body).await }
+    });
+    let replies = futures::future::join_all(creates).await;
+    let stored: std::collections::HashSet<String> = replies
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.body["client_uuid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored.len(), 41, "40 own external_ids and one \"dup\"");
+    rx.wait_for(42).await;
+    // Anything sent twice, or undone and sent anyway, would arrive meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = rx.received();
+    assert_eq!(got.len(), 42, "one delivery per stored client");
+    let delivered: std::collections::HashSet<String> =
+        got[1..].iter().map(|r| r.body["client"]["uuid"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(delivered, stored);
+    for r in &got {
+        let uuid = r.body["client"]["uuid"].as_str().unwrap();
+        let outbox: Vec<String> =
+            fieldhook::storage::sql::query_scalar("SELECT uuid FROM events WHERE entity_uuid = $1")
+                .bind(uuid)
+                .fetch_all(&app.db.read)
+                .await
+                .unwrap();
+        assert_eq!(outbox, vec![r.event_uuid()], "the event delivered is the one stored");
+    }
 }
 
 /// What [`concurrency_receiver`] saw: each body, and the most requests it
