@@ -483,7 +483,7 @@ impl Engine {
     /// (fewer were due than `limit`).
     async fn claim(
         &self,
-        target: &Target,
+        target: &Arc<Target>,
         limit: i64,
         bound: i64,
         now: chrono::DateTime<chrono::Utc>,
@@ -495,38 +495,52 @@ impl Engine {
             // One process sends from a SQLite file: no lease to write, the
             // in-flight set is the claim. The requests it holds come first
             // in claim order; the claim starts after them.
+            //
+            // A read-ahead claim reads hundreds of rows, bodies included: it
+            // runs on the blocking pool, so that the runtime's threads go on
+            // driving the POSTs meanwhile (on the runtime it held one of two
+            // workers for a millisecond or more per claim).
             Backend::Sqlite => {
-                let mut conn = s.db.read.acquire().await?;
-                let mut from = None;
-                let mut limit = limit;
-                let mut all_due = false;
-                if !probe {
-                    let positions = deliveries::due_positions(&mut conn, target, limit, now).await?;
-                    all_due = (positions.len() as i64) < limit;
-                    let f = s.in_flight.lock().expect("in-flight lock");
-                    let held = |id: &Uuid| {
-                        f.requests.contains(id) || f.ahead_ids.contains(id) || f.finished_this_pass.contains(id)
-                    };
-                    let Some(first) = positions.iter().position(|p| !held(&p.uuid)) else {
-                        return Ok((Vec::new(), all_due));
-                    };
-                    from = Some(positions[first]);
-                    limit -= first as i64;
-                }
-                let claimed = deliveries::claim(
-                    &mut conn,
-                    Backend::Sqlite,
-                    target,
-                    limit,
-                    bound,
-                    now,
-                    probe,
-                    lease,
-                    &s.node,
-                    from,
-                )
-                .await?;
-                Ok((claimed, all_due))
+                let (shared, target) = (self.shared.clone(), target.clone());
+                s.db.read
+                    .run_long(move |conn| {
+                        Box::pin(async move {
+                            let s = &shared;
+                            let mut from = None;
+                            let mut limit = limit;
+                            let mut all_due = false;
+                            if !probe {
+                                let positions = deliveries::due_positions(conn, &target, limit, now).await?;
+                                all_due = (positions.len() as i64) < limit;
+                                let f = s.in_flight.lock().expect("in-flight lock");
+                                let held = |id: &Uuid| {
+                                    f.requests.contains(id)
+                                        || f.ahead_ids.contains(id)
+                                        || f.finished_this_pass.contains(id)
+                                };
+                                let Some(first) = positions.iter().position(|p| !held(&p.uuid)) else {
+                                    return Ok((Vec::new(), all_due));
+                                };
+                                from = Some(positions[first]);
+                                limit -= first as i64;
+                            }
+                            let claimed = deliveries::claim(
+                                conn,
+                                Backend::Sqlite,
+                                &target,
+                                limit,
+                                bound,
+                                now,
+                                probe,
+                                lease,
+                                &s.node,
+                                from,
+                            )
+                            .await?;
+                            Ok((claimed, all_due))
+                        })
+                    })
+                    .await?
             }
             Backend::Postgres => {
                 let mut conn = s.db.read.acquire().await?;
