@@ -197,15 +197,21 @@ impl Shared {
     }
 
     /// Takes the fresh requests of a commit, handed over by the committer
-    /// (SQLite), into the read-ahead queues: only for webhooks served in
-    /// event order from the current list whose queue holds all their due
-    /// work, so that the queue stays in claim order. Says whether it took
-    /// them all; what it leaves, a claim finds.
+    /// (SQLite), into the read-ahead queues of active webhooks without
+    /// entity ordering, as the current list has them. Says whether it took them all;
+    /// what it leaves, a claim finds.
+    ///
+    /// It takes them even while a claim for the webhook is under way or due
+    /// (not [`caught_up`](Self::caught_up)): the claim skips what the queue
+    /// holds, and what it reads is queued behind them. Such a webhook is
+    /// promised no order (webhooks.md, "Out of order": receivers order by
+    /// `version`); refusing instead sent every commit made
+    /// during a claim to the next claim, and under a steady stream that
+    /// next claim was never the last.
     fn take_fresh(&self, fresh: Vec<Due>) -> bool {
         if self.halted.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
-        let now = self.clock.now();
         let cached = self.targets.lock().expect("targets lock");
         let Some(list) = cached.as_ref().filter(|c| self.is_current(c.stamp)) else {
             return false;
@@ -219,7 +225,7 @@ impl Shared {
                 .get(&due.webhook)
                 .is_some_and(|t| t.status == WebhookStatus::Active && t.ordering == Ordering::None);
             let room = f.ahead.get(&due.webhook).map_or(0, VecDeque::len) < HANDOFF_QUEUE;
-            if served && room && self.caught_up(&f, &due.webhook, now) {
+            if served && room {
                 f.ahead_ids.insert(due.request);
                 f.ahead.entry(due.webhook).or_default().push_back(due);
                 taken += 1;

@@ -170,10 +170,10 @@ pub async fn make_pending_due(conn: &mut Conn, webhook: Uuid, now: DateTime<Utc>
 /// Writes one pending request (attempt 1, due now) for every webhook of the
 /// account subscribed to the event. Runs in the event's transaction.
 ///
-/// On the SQLite writer each request of a webhook served in event order
-/// is also handed to the delivery engine, so that no claim has to read it
-/// back ([`super::handoff`]); those of entity-ordered webhooks wait for
-/// their turn in a claim, and probes of suspended ones are claimed too.
+/// On the SQLite writer each request of an active webhook without entity
+/// ordering is also handed to the delivery engine, so that no claim has to
+/// read it back ([`super::handoff`]); those of entity-ordered webhooks wait
+/// for their turn in a claim, and probes of suspended ones are claimed too.
 pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<usize> {
     let subscribers = sql::query(
         "SELECT uuid, status, ordering FROM webhooks \
