@@ -608,13 +608,30 @@ async fn memory(args: &Args, backend: &str, db: &str, rows: &mut Vec<Row>) -> an
 async fn fresh_schema(base: &str) -> anyhow::Result<String> {
     let schema = format!("bench_{}", std::process::id());
     let status = Command::new("psql")
-        .args([base, "-qc", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")])
+        .args([
+            base,
+            "-qc",
+            &format!(
+                "SET client_min_messages = warning; DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ),
+        ])
         .status()?;
     if !status.success() {
         bail!("could not create schema {schema} (psql)");
     }
     let sep = if base.contains('?') { '&' } else { '?' };
     Ok(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+/// Drops the schema [`fresh_schema`] made (a failure is only reported).
+fn drop_schema(base: &str) {
+    let schema = format!("bench_{}", std::process::id());
+    let dropped = Command::new("psql")
+        .args([base, "-qc", &format!("SET client_min_messages = warning; DROP SCHEMA IF EXISTS {schema} CASCADE")])
+        .status();
+    if !dropped.is_ok_and(|s| s.success()) {
+        eprintln!("could not drop schema {schema}");
+    }
 }
 
 /// A ~1 KB JSON body, the size of a job's webhook.
@@ -732,7 +749,10 @@ async fn main() -> anyhow::Result<()> {
     if let (Some(pg), false) = (&args.postgres, args.memory_only) {
         let ceiling = rows[0].value;
         let url = fresh_schema(pg).await?;
-        measure(&args, "postgres", &url, ceiling, &mut rows).await?;
+        let measured = measure(&args, "postgres", &url, ceiling, &mut rows).await;
+        // The schema holds hundreds of thousands of rows: not left behind.
+        drop_schema(pg);
+        measured?;
     }
 
     println!("{:<10} {:<48} {:>12} {:<14} {:>9}  target", "backend", "metric", "value", "unit", "ceiling");

@@ -17,6 +17,7 @@ use crate::clock::SharedClock;
 use crate::domain::webhook::{Ordering, RetryPolicy, WebhookStatus};
 use crate::error::Result;
 use crate::storage::deliveries::{self, Attempt, Due, Target};
+use crate::storage::sql::Conn;
 use crate::storage::{Backend, Db};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use sender::Sender;
@@ -194,6 +195,40 @@ impl Shared {
                 && now >= c.at
                 && now - c.at < CAUGHT_UP_FOR
         })
+    }
+
+    /// SQLite's claim, which has no lease: the requests this process holds
+    /// come first in claim order, so it starts at the first one it does not
+    /// hold ([`deliveries::due_positions`]). Says whether it found every due
+    /// request (fewer were due than `limit`).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_sqlite(
+        &self,
+        conn: &mut Conn,
+        target: &Target,
+        mut limit: i64,
+        bound: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        probe: bool,
+        lease: Duration,
+    ) -> Result<(Vec<Due>, bool)> {
+        let mut from = None;
+        let mut all_due = false;
+        if !probe {
+            let positions = deliveries::due_positions(conn, target, limit, now).await?;
+            all_due = (positions.len() as i64) < limit;
+            let f = self.in_flight.lock().expect("in-flight lock");
+            let held =
+                |id: &Uuid| f.requests.contains(id) || f.ahead_ids.contains(id) || f.finished_this_pass.contains(id);
+            let Some(first) = positions.iter().position(|p| !held(&p.uuid)) else {
+                return Ok((Vec::new(), all_due));
+            };
+            from = Some(positions[first]);
+            limit -= first as i64;
+        }
+        let claimed =
+            deliveries::claim(conn, Backend::Sqlite, target, limit, bound, now, probe, lease, &self.node, from).await?;
+        Ok((claimed, all_due))
     }
 
     /// Takes the fresh requests of a commit, handed over by the committer
@@ -499,52 +534,17 @@ impl Engine {
         let lease = lease(s.config.timeout);
         match s.db.backend {
             // One process sends from a SQLite file: no lease to write, the
-            // in-flight set is the claim. The requests it holds come first
-            // in claim order; the claim starts after them.
-            //
-            // A read-ahead claim reads hundreds of rows, bodies included: it
-            // runs on the blocking pool, so that the runtime's threads go on
-            // driving the POSTs meanwhile (on the runtime it held one of two
-            // workers for a millisecond or more per claim).
+            // in-flight set is the claim. A read-ahead claim reads hundreds
+            // of rows, bodies included: it runs on the blocking pool, so that
+            // the runtime's threads go on driving the POSTs meanwhile (on the
+            // runtime it held one of two workers for a millisecond or more).
             Backend::Sqlite => {
                 let (shared, target) = (self.shared.clone(), target.clone());
                 s.db.read
                     .run_long(move |conn| {
-                        Box::pin(async move {
-                            let s = &shared;
-                            let mut from = None;
-                            let mut limit = limit;
-                            let mut all_due = false;
-                            if !probe {
-                                let positions = deliveries::due_positions(conn, &target, limit, now).await?;
-                                all_due = (positions.len() as i64) < limit;
-                                let f = s.in_flight.lock().expect("in-flight lock");
-                                let held = |id: &Uuid| {
-                                    f.requests.contains(id)
-                                        || f.ahead_ids.contains(id)
-                                        || f.finished_this_pass.contains(id)
-                                };
-                                let Some(first) = positions.iter().position(|p| !held(&p.uuid)) else {
-                                    return Ok((Vec::new(), all_due));
-                                };
-                                from = Some(positions[first]);
-                                limit -= first as i64;
-                            }
-                            let claimed = deliveries::claim(
-                                conn,
-                                Backend::Sqlite,
-                                &target,
-                                limit,
-                                bound,
-                                now,
-                                probe,
-                                lease,
-                                &s.node,
-                                from,
-                            )
-                            .await?;
-                            Ok((claimed, all_due))
-                        })
+                        Box::pin(
+                            async move { shared.claim_sqlite(conn, &target, limit, bound, now, probe, lease).await },
+                        )
                     })
                     .await?
             }
