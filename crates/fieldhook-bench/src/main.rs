@@ -340,6 +340,18 @@ impl Api {
         Ok(uuid)
     }
 
+    /// Deletes a phase's webhook once the phase is over. Merely paused, it
+    /// would still get a request for every later event (held, not sent):
+    /// until the sixth round the end-to-end phase wrote five requests per
+    /// event for its four webhooks, the drain's paused one included.
+    async fn remove_webhook(&self, uuid: &str) -> anyhow::Result<()> {
+        let r = self.http.delete(format!("{}/v2/webhooks/{uuid}", self.base)).bearer_auth(&self.key).send().await?;
+        if !r.status().is_success() {
+            bail!("DELETE webhook {uuid}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
     /// Job creates for [`blast`].
     fn create_job(&self) -> impl Fn(usize) -> Call + Send + Sync + 'static {
         |i| Call {
@@ -430,7 +442,7 @@ async fn drain(
         "",
     ));
     eprintln!("[{backend}] drained {delivered} in {drained:.1?}: {drain_rate:.0}/s, {cpu:.1} cpu-s");
-    api.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await?;
+    api.remove_webhook(&hook).await?;
     Ok(())
 }
 
@@ -465,7 +477,7 @@ async fn end_to_end(
         args.webhooks
     );
     for h in hooks {
-        api.post(&format!("/v2/webhooks/{h}/pause"), json!({})).await?;
+        api.remove_webhook(&h).await?;
     }
     Ok(e2e)
 }
@@ -497,7 +509,7 @@ async fn latency(
         rows.push(row(backend, &format!("latency max at {label}"), lat.2, "ms", None, ""));
         eprintln!("[{backend}] latency at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", lat.0, lat.1, lat.2);
     }
-    api.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await?;
+    api.remove_webhook(&hook).await?;
     Ok(())
 }
 
