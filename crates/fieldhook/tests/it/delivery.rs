@@ -554,8 +554,9 @@ async fn a_backlog_beyond_the_read_ahead_goes_out_once_within_the_in_flight_boun
 async fn creates_undone_in_a_busy_group_commit_deliver_nothing(app: TestApp) {
     let rx = Receiver::start().await;
     app.webhook(&rx.url, &["client_created"]).await;
-    // One delivery first, so that the engine has claimed once and takes
-    // the hand-offs of the burst (it takes none before its first claim).
+    // One delivery first, so that the engine's list of webhooks has this
+    // one and it takes the hand-offs of the burst (it takes none for a
+    // webhook it has not read yet).
     app.create("clients", json!({"first_name": "first"})).await;
     rx.wait_for(1).await;
     let creates = (0..60).map(|i| {
