@@ -192,6 +192,24 @@ struct Call {
     body: bytes::Bytes,
 }
 
+impl Call {
+    /// The HTTP request, for the server at `host` with the `auth` header.
+    fn request(
+        self,
+        host: &hyper::header::HeaderValue,
+        auth: &hyper::header::HeaderValue,
+    ) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+        let mut request = hyper::Request::new(http_body_util::Full::new(self.body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.path.parse().expect("a valid path");
+        let h = request.headers_mut();
+        h.insert(hyper::header::HOST, host.clone());
+        h.insert(hyper::header::AUTHORIZATION, auth.clone());
+        h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+        request
+    }
+}
+
 /// Runs `concurrency` workers, each on one keep-alive connection to the
 /// server of `api`, issuing the calls `make` builds until `total` are done or
 /// `duration` passes; returns the number answered 2xx and the time taken.
@@ -210,7 +228,7 @@ async fn blast<F>(
 where
     F: Fn(usize) -> Call + Send + Sync + 'static,
 {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
     let make = Arc::new(make);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -236,14 +254,7 @@ where
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                let call = make(i);
-                let mut request = hyper::Request::new(Full::new(call.body));
-                *request.method_mut() = call.method;
-                *request.uri_mut() = call.path.parse().expect("a valid path");
-                let h = request.headers_mut();
-                h.insert(hyper::header::HOST, host.clone());
-                h.insert(hyper::header::AUTHORIZATION, auth.clone());
-                h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                let request = make(i).request(&host, &auth);
                 let ok = match send.send_request(request).await {
                     Ok(r) => {
                         let status = r.status();
@@ -526,7 +537,7 @@ async fn paced_latency(
     rate: f64,
     secs: Duration,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
     const WORKERS: usize = 64;
     receiver.arrivals.lock().unwrap().clear();
     receiver.track.store(true, Ordering::Relaxed);
@@ -542,15 +553,12 @@ async fn paced_latency(
         let (acks, auth, host) = (acks.clone(), auth.clone(), host.clone());
         workers.push(tokio::spawn(async move {
             while rx.recv().await.is_some() {
-                let mut request =
-                    hyper::Request::new(Full::new(bytes::Bytes::from_static(br#"{"description":"latency"}"#)));
-                *request.method_mut() = hyper::Method::POST;
-                *request.uri_mut() = hyper::Uri::from_static("/v2/jobs");
-                let h = request.headers_mut();
-                h.insert(hyper::header::HOST, host.clone());
-                h.insert(hyper::header::AUTHORIZATION, auth.clone());
-                h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-                let Ok(response) = send.send_request(request).await else { return };
+                let call = Call {
+                    method: hyper::Method::POST,
+                    path: "/v2/jobs".into(),
+                    body: bytes::Bytes::from_static(br#"{"description":"latency"}"#),
+                };
+                let Ok(response) = send.send_request(call.request(&host, &auth)).await else { return };
                 let at = Instant::now();
                 let Ok(body) = response.into_body().collect().await else { return };
                 if let Ok(v) = serde_json::from_slice::<Value>(&body.to_bytes())

@@ -116,7 +116,7 @@ struct InFlight {
 #[derive(Debug, Clone, Copy)]
 struct CaughtUp {
     /// The committer's requests generation before the claim began.
-    requests_generation: Option<u64>,
+    requests_generation: u64,
     at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -190,11 +190,18 @@ impl Shared {
     /// that no retry can have fallen due since unnoticed.
     fn caught_up(&self, f: &InFlight, webhook: &Uuid, now: chrono::DateTime<chrono::Utc>) -> bool {
         f.caught_up.get(webhook).is_some_and(|c| {
-            c.requests_generation.is_some()
-                && c.requests_generation == self.db.committer.requests_generation()
+            Some(c.requests_generation) == self.db.committer.requests_generation()
                 && now >= c.at
                 && now - c.at < CAUGHT_UP_FOR
         })
+    }
+
+    /// Whether `webhook`'s read-ahead queue is to be topped up by a claim
+    /// (SQLite). POSTs under way take the next queued request themselves
+    /// when they finish (`send`), so this is asked while slots are busy too:
+    /// the queue runs low, and the last claim may have missed something.
+    fn needs_refill(&self, f: &InFlight, webhook: &Uuid, now: chrono::DateTime<chrono::Utc>) -> bool {
+        f.ahead.get(webhook).map_or(0, VecDeque::len) < REFILL_BELOW && !self.caught_up(f, webhook, now)
     }
 
     /// SQLite's claim, which has no lease: the requests this process holds
@@ -233,16 +240,17 @@ impl Shared {
 
     /// Takes the fresh requests of a commit, handed over by the committer
     /// (SQLite), into the read-ahead queues of active webhooks without
-    /// entity ordering, as the current list has them. Says whether it took them all;
-    /// what it leaves, a claim finds.
+    /// entity ordering, as the current list has them. Says whether it took
+    /// them all; for what it leaves, the committer bumps its requests
+    /// generation, so that a claim finds it.
     ///
     /// It takes them even while a claim for the webhook is under way or due
     /// (not [`caught_up`](Self::caught_up)): the claim skips what the queue
     /// holds, and what it reads is queued behind them. Such a webhook is
     /// promised no order (webhooks.md, "Out of order": receivers order by
-    /// `version`); refusing instead sent every commit made
-    /// during a claim to the next claim, and under a steady stream that
-    /// next claim was never the last.
+    /// `version`); refusing instead sent every commit made during a claim
+    /// to the next claim, and under a steady stream that next claim was
+    /// never the last.
     fn take_fresh(&self, fresh: Vec<Due>) -> bool {
         if self.halted.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
@@ -264,8 +272,6 @@ impl Shared {
                 f.ahead_ids.insert(due.request);
                 f.ahead.entry(due.webhook).or_default().push_back(due);
                 taken += 1;
-            } else {
-                f.caught_up.remove(&due.webhook);
             }
         }
         drop(f);
@@ -398,21 +404,14 @@ impl Engine {
             let target = target.clone();
             let probe = target.status == WebhookStatus::Suspended;
             let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
-            let (room, held, queued) = {
+            let read_ahead = s.db.backend == Backend::Sqlite && !probe;
+            let (room, held, queued, refill) = {
                 let f = s.in_flight.lock().expect("in-flight lock");
                 let busy = f.per_webhook.get(&target.uuid).copied().unwrap_or(0);
                 let held = f.unrecorded.get(&target.uuid).copied().unwrap_or(0);
                 let queued = f.ahead.get(&target.uuid).map_or(0, VecDeque::len);
-                (bound.saturating_sub(busy), held, queued)
+                (bound.saturating_sub(busy), held, queued, read_ahead && s.needs_refill(&f, &target.uuid, now))
             };
-            let read_ahead = s.db.backend == Backend::Sqlite && !probe;
-            // POSTs under way take the next queued request themselves when
-            // they finish (`send`), so the queue is topped up while it runs
-            // low, even when no slot is free — unless the last claim found
-            // all there was, and commits since handed their requests over.
-            let refill = read_ahead
-                && queued < REFILL_BELOW
-                && !s.caught_up(&s.in_flight.lock().expect("in-flight lock"), &target.uuid, now);
             // One probe at a time: not while the last one awaits its record.
             if (room == 0 && !refill) || (probe && held > 0) {
                 waiting = true;
@@ -431,8 +430,11 @@ impl Engine {
                 let (claimed, all_due) = self.claim(&target, limit as i64, bound as i64, now, probe).await?;
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 let f = &mut *f;
-                if read_ahead && all_due {
-                    f.caught_up.insert(target.uuid, CaughtUp { requests_generation: generation, at: now });
+                if let Some(requests_generation) = generation
+                    && read_ahead
+                    && all_due
+                {
+                    f.caught_up.insert(target.uuid, CaughtUp { requests_generation, at: now });
                 }
                 let queue = f.ahead.entry(target.uuid).or_default();
                 let before = queue.len();
@@ -497,7 +499,7 @@ impl Engine {
         if generation.is_some() {
             let cached = s.targets.lock().expect("targets lock");
             if let Some(c) = cached.as_ref()
-                && self.is_current(c.stamp)
+                && s.is_current(c.stamp)
             {
                 return Ok((c.targets.clone(), Some(c.stamp)));
             }
@@ -513,10 +515,6 @@ impl Engine {
             *s.targets.lock().expect("targets lock") = Some(CachedTargets { stamp, targets: targets.clone(), by_uuid });
         }
         Ok((targets, stamp))
-    }
-
-    fn is_current(&self, stamp: ListStamp) -> bool {
-        self.shared.is_current(stamp)
     }
 
     /// Claims for one webhook; a probe is its oldest pending request, due or
@@ -590,15 +588,14 @@ impl Engine {
             let next = {
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 let next = match chain {
-                    Some(stamp) if !s.halted.load(std::sync::atomic::Ordering::Relaxed) && self.is_current(stamp) => {
+                    Some(stamp) if !s.halted.load(std::sync::atomic::Ordering::Relaxed) && s.is_current(stamp) => {
                         take_queued(&mut f, &target.uuid)
                     }
                     _ => None,
                 };
                 match next {
                     Some(next) => {
-                        let low = f.ahead.get(&target.uuid).map_or(0, VecDeque::len) < REFILL_BELOW
-                            && !s.caught_up(&f, &target.uuid, s.clock.now());
+                        let low = s.needs_refill(&f, &target.uuid, s.clock.now());
                         Some((next, low))
                     }
                     None => {
