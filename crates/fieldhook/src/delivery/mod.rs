@@ -268,7 +268,13 @@ impl Shared {
                 .get(&due.webhook)
                 .is_some_and(|t| t.status == WebhookStatus::Active && t.ordering == Ordering::None);
             let room = f.ahead.get(&due.webhook).map_or(0, VecDeque::len) < HANDOFF_QUEUE;
-            if served && room {
+            // Never queued twice. (A claim cannot have read these first: it
+            // waits for its reads to be durable, which comes after the
+            // hand-off; this only keeps it so.)
+            let held = f.ahead_ids.contains(&due.request) || f.requests.contains(&due.request);
+            if held {
+                taken += 1;
+            } else if served && room {
                 f.ahead_ids.insert(due.request);
                 f.ahead.entry(due.webhook).or_default().push_back(due);
                 taken += 1;
@@ -538,13 +544,18 @@ impl Engine {
             // runtime it held one of two workers for a millisecond or more).
             Backend::Sqlite => {
                 let (shared, target) = (self.shared.clone(), target.clone());
-                s.db.read
-                    .run_long(move |conn| {
-                        Box::pin(
-                            async move { shared.claim_sqlite(conn, &target, limit, bound, now, probe, lease).await },
-                        )
-                    })
-                    .await?
+                let claimed =
+                    s.db.read
+                        .run_long(move |conn| {
+                            Box::pin(async move {
+                                shared.claim_sqlite(conn, &target, limit, bound, now, probe, lease).await
+                            })
+                        })
+                        .await?;
+                // The claim may have read a commit the syncer has not made
+                // durable yet: nothing it found is sent before it is.
+                s.db.committer.reads_settled().await;
+                claimed
             }
             Backend::Postgres => {
                 let mut conn = s.db.read.acquire().await?;

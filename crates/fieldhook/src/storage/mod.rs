@@ -84,7 +84,7 @@ impl Db {
                 backend: Backend::Sqlite,
                 url: format!("sqlite://{path}"),
                 read,
-                committer: Committer::start_sqlite(Conn::Sqlite(sql::SqliteConn::new(writer)), wal_long),
+                committer: Committer::start_sqlite(Conn::Sqlite(sql::SqliteConn::new(writer)), path, wal_long),
                 _lock: lock.map(std::sync::Arc::new),
             });
         }
