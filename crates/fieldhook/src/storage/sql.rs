@@ -324,6 +324,14 @@ impl Conn {
         }
     }
 
+    /// SQLite: the rowid of the row this connection inserted last.
+    pub fn last_rowid(&self) -> Option<i64> {
+        match self {
+            Conn::Sqlite(c) => Some(c.last_insert_rowid()),
+            Conn::Postgres(_) => None,
+        }
+    }
+
     /// Where a savepoint begins, for [`undo_handoffs`](Self::undo_handoffs).
     pub(crate) fn handoff_mark(&mut self) -> Mark {
         self.handoff().map(|h| h.mark()).unwrap_or_default()

@@ -185,15 +185,16 @@ pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<us
     .await?;
     // One copy of the body, shared by every request handed over.
     let mut body: Option<bytes::Bytes> = None;
-    for row in &subscribers {
-        let webhook: String = row.try_get("uuid")?;
+    for sub in &subscribers {
+        let webhook: String = sub.try_get("uuid")?;
         let send_at = to_micros(event.created_at);
         let request = insert_request(conn, account, &webhook, event, 1, send_at).await?;
+        let row = conn.last_rowid();
         let Some(handoff) = conn.handoff() else { continue };
-        match WebhookStatus::parse(&row.try_get::<String, _>("status")?) {
-            WebhookStatus::Active if Ordering::parse(&row.try_get::<String, _>("ordering")?) == Ordering::None => {
+        match WebhookStatus::parse(&sub.try_get::<String, _>("status")?) {
+            WebhookStatus::Active if Ordering::parse(&sub.try_get::<String, _>("ordering")?) == Ordering::None => {
                 let body = body.get_or_insert_with(|| bytes::Bytes::from(event.body.clone())).clone();
-                handoff.offer(Due::first(request, uuid_col(row, "uuid")?, account, event, body));
+                handoff.offer(Due::first(request, row, uuid_col(sub, "uuid")?, account, event, body));
             }
             WebhookStatus::Paused => handoff.unserved(),
             WebhookStatus::Active | WebhookStatus::Suspended => {}
