@@ -92,3 +92,60 @@ async fn the_sqlite_wal_starts_over_under_a_steady_stream_of_commits() {
     eprintln!("largest WAL {} MB of {} MB written", largest >> 20, written >> 20);
     assert!(largest < written / 2, "the WAL reached {largest} bytes of {written} written");
 }
+
+/// The writer commits while the syncer makes the previous batch durable;
+/// a reader waits until what it read is durable before acting on it (the
+/// delivery engine, after a claim). Under concurrent writes every write is
+/// answered and every wait ends: a batch number the syncer never published,
+/// or a writer waiting on a sync that never comes, would hang here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_settle_while_the_writer_runs_ahead_of_the_syncer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.db");
+    let db = Db::open(&format!("sqlite://{}", path.display()), OpenOptions::default()).await.unwrap();
+    db.committer
+        .write(|c| {
+            Box::pin(async move {
+                sql::query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(c).await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    db.committer
+                        .write(|c| {
+                            Box::pin(async move {
+                                sql::query("INSERT INTO t DEFAULT VALUES").execute(c).await?;
+                                Ok(())
+                            })
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let reader = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut seen = 0;
+            while seen < 1600 {
+                seen = sql::query_scalar::<i64>("SELECT COUNT(*) FROM t").fetch_one(&db.read).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(10), db.committer.reads_settled())
+                    .await
+                    .expect("what a finished read saw becomes durable");
+            }
+            seen
+        }
+    });
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(60), w).await.expect("every write is answered").unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
+    assert_eq!(seen, 1600);
+}
