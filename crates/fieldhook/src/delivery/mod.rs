@@ -175,6 +175,10 @@ struct Shared {
     /// The temporary token last issued per key, with its expiry (`token`).
     tokens_issued: Mutex<HashMap<Uuid, (i64, HeaderValue)>>,
     handed_over: metrics::Counter,
+    /// Held through a refresh of the backlog gauges, read and set: two
+    /// refreshes (the periodic one, one asked for) never interleave, so an
+    /// older count never overwrites a newer one.
+    refreshing_gauges: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -366,6 +370,7 @@ impl Engine {
                 halted: AtomicBool::new(false),
                 tokens_issued: Mutex::default(),
                 handed_over: metrics::counter!(crate::metrics::HANDED_OVER),
+                refreshing_gauges: tokio::sync::Mutex::new(()),
             }),
             results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
             wake: Arc::new(Notify::new()),
@@ -934,6 +939,7 @@ impl Engine {
     /// Refreshes the gauges of pending requests and webhooks.
     pub async fn refresh_gauges(&self) -> Result<()> {
         let s = &self.shared;
+        let _one_at_a_time = s.refreshing_gauges.lock().await;
         let now = s.clock.now();
         // It counts the whole backlog: off the runtime's threads.
         let (pending, webhooks) =
