@@ -470,19 +470,10 @@ impl Wal {
 
 impl Syncer {
     fn start(conn: &Conn, path: &str, writer: Arc<Writer>) -> Self {
-        let wal = match Wal::open(format!("{path}-wal")) {
-            Ok(wal) => match conn {
-                Conn::Sqlite(c) => match c.execute_batch("PRAGMA synchronous = NORMAL") {
-                    Ok(()) => Some(wal),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "commits will sync on the writer thread");
-                        None
-                    }
-                },
-                Conn::Postgres(_) => None,
-            },
+        let wal = match Self::take_over_syncing(conn, path) {
+            Ok(wal) => Some(wal),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot open the WAL file; commits will sync on the writer thread");
+                tracing::warn!(error = %e, "commits will sync on the writer thread");
                 None
             }
         };
@@ -492,6 +483,15 @@ impl Syncer {
             .spawn(move || run_syncer(wal, rx, &writer))
             .expect("spawning the SQLite syncer thread");
         Self { tx }
+    }
+
+    /// Opens the WAL to sync it here, and stops the writer connection
+    /// from syncing its commits itself.
+    fn take_over_syncing(conn: &Conn, path: &str) -> std::result::Result<Wal, String> {
+        let Conn::Sqlite(c) = conn else { return Err("not a SQLite connection".into()) };
+        let wal = Wal::open(format!("{path}-wal")).map_err(|e| format!("cannot open the WAL file: {e}"))?;
+        c.execute_batch("PRAGMA synchronous = NORMAL").map_err(|e| e.to_string())?;
+        Ok(wal)
     }
 
     fn settle(&self, ran: Ran) {
@@ -583,14 +583,11 @@ async fn run_postgres(
         for job in jobs {
             job.answer(verdict.clone());
         }
-        match outcome {
-            Ok(()) => {}
-            Err(e) => {
-                // The connection may be broken: start the next batch on a new one.
-                tracing::error!(error = %e, "group commit failed");
-                if let Some(Conn::Postgres(c)) = conn.take() {
-                    let _ = sqlx::Connection::close(c.detach()).await;
-                }
+        if let Err(e) = outcome {
+            // The connection may be broken: start the next batch on a new one.
+            tracing::error!(error = %e, "group commit failed");
+            if let Some(Conn::Postgres(c)) = conn.take() {
+                let _ = sqlx::Connection::close(c.detach()).await;
             }
         }
     }

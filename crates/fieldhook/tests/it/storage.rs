@@ -6,6 +6,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// A SQLite database `name` in `dir`, with one table made by `create`.
+async fn sqlite_with_table(dir: &tempfile::TempDir, name: &str, create: &'static str) -> Db {
+    let path = dir.path().join(name);
+    let db = Db::open(&format!("sqlite://{}", path.display()), OpenOptions::default()).await.unwrap();
+    db.committer
+        .write(move |c| {
+            Box::pin(async move {
+                sql::query(create).execute(c).await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+    db
+}
+
 /// SQLite rewinds the WAL only when a write transaction begins with every
 /// frame copied back, which a steady stream of commits never leaves room
 /// for: the WAL grew to gigabytes in the benchmark. The writer now makes
@@ -15,17 +31,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlite_wal_starts_over_under_a_steady_stream_of_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wal.db");
-    let db = Db::open(&format!("sqlite://{}", path.display()), OpenOptions::default()).await.unwrap();
-    db.committer
-        .write(|c| {
-            Box::pin(async move {
-                sql::query("CREATE TABLE pad (id INTEGER PRIMARY KEY, bytes BLOB NOT NULL)").execute(c).await?;
-                Ok(())
-            })
-        })
-        .await
-        .unwrap();
+    let db = sqlite_with_table(&dir, "wal.db", "CREATE TABLE pad (id INTEGER PRIMARY KEY, bytes BLOB NOT NULL)").await;
     let done = Arc::new(AtomicBool::new(false));
     // Readers beside the writer, as the API and the delivery engine are.
     let reader = tokio::spawn({
@@ -101,17 +107,7 @@ async fn the_sqlite_wal_starts_over_under_a_steady_stream_of_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_settle_while_the_writer_runs_ahead_of_the_syncer() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sync.db");
-    let db = Db::open(&format!("sqlite://{}", path.display()), OpenOptions::default()).await.unwrap();
-    db.committer
-        .write(|c| {
-            Box::pin(async move {
-                sql::query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(c).await?;
-                Ok(())
-            })
-        })
-        .await
-        .unwrap();
+    let db = sqlite_with_table(&dir, "sync.db", "CREATE TABLE t (id INTEGER PRIMARY KEY)").await;
     let writers: Vec<_> = (0..8)
         .map(|_| {
             let db = db.clone();
