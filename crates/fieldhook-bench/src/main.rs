@@ -60,6 +60,13 @@ struct Args {
     /// Where the JSON report goes.
     #[arg(long, default_value = "docs/benchmarks.json")]
     out: String,
+    /// How many times the ceiling and the SQLite phases are measured, each
+    /// time on a fresh database. The table then gives each figure's median
+    /// over the runs (for a share of the ceiling: the median of the runs'
+    /// shares, each against its own run's ceiling) and its range. On a
+    /// shared machine one run's share can be off by a fifth either way.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -304,6 +311,12 @@ struct Row {
     /// Share of the loopback ceiling measured in the same run.
     ratio_of_ceiling: Option<f64>,
     target: String,
+    /// With several runs: the lowest and the highest of their values, and
+    /// of their shares of the ceiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_range: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_range: Option<[f64; 2]>,
 }
 
 fn row(backend: &str, metric: &str, value: f64, unit: &str, ceiling: Option<f64>, target: &str) -> Row {
@@ -315,7 +328,45 @@ fn row(backend: &str, metric: &str, value: f64, unit: &str, ceiling: Option<f64>
         unit: unit.into(),
         ratio_of_ceiling: ceiling.map(|c| (value / c * 1000.0).round() / 1000.0),
         target: target.into(),
+        value_range: None,
+        ratio_range: None,
     }
+}
+
+/// One row per figure of several runs: the median of the runs' values and
+/// of their shares of the ceiling, with the range of each.
+fn median_rows(runs: &[Vec<Row>]) -> Vec<Row> {
+    let Some(first) = runs.first() else { return Vec::new() };
+    let median_and_range = |mut values: Vec<f64>| -> Option<(f64, [f64; 2])> {
+        values.sort_by(f64::total_cmp);
+        let (lowest, highest) = (*values.first()?, *values.last()?);
+        let mid = values.len() / 2;
+        let median = if values.len().is_multiple_of(2) { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] };
+        Some((median, [lowest, highest]))
+    };
+    first
+        .iter()
+        .map(|r| {
+            let same: Vec<&Row> = runs
+                .iter()
+                .filter_map(|rows| rows.iter().find(|x| x.backend == r.backend && x.metric == r.metric))
+                .collect();
+            let (value, value_range) =
+                median_and_range(same.iter().map(|x| x.value).collect()).expect("the first run has the row");
+            let ratio = median_and_range(same.iter().filter_map(|x| x.ratio_of_ceiling).collect());
+            let several = runs.len() > 1;
+            Row {
+                backend: r.backend.clone(),
+                metric: r.metric.clone(),
+                value,
+                unit: r.unit.clone(),
+                ratio_of_ceiling: ratio.map(|(median, _)| median),
+                target: r.target.clone(),
+                value_range: several.then_some(value_range),
+                ratio_range: ratio.filter(|_| several).map(|(_, range)| range),
+            }
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -748,8 +799,12 @@ async fn main() -> anyhow::Result<()> {
     let machine = machine();
     eprintln!("machine: {machine}");
     let dir = tempfile::tempdir()?;
-    let mut rows = Vec::new();
-    if !args.memory_only {
+    let mut runs = Vec::new();
+    for run in 0..if args.memory_only { 0 } else { args.runs } {
+        if args.runs > 1 {
+            eprintln!("run {} of {}", run + 1, args.runs);
+        }
+        let mut rows = Vec::new();
         // The ceiling is the faster of two plain keep-alive clients, so that
         // fieldhook's lean client does not flatter its own ratios.
         let with_reqwest = reqwest_ceiling(&args).await?;
@@ -759,9 +814,16 @@ async fn main() -> anyhow::Result<()> {
         rows.push(row("loopback", "ceiling: plain keep-alive client", ceiling, "posts/s", Some(ceiling), ""));
         rows.push(row("loopback", "reqwest keep-alive client", with_reqwest, "posts/s", Some(ceiling), ""));
         rows.push(row("loopback", "hyper keep-alive connections", with_hyper, "posts/s", Some(ceiling), ""));
-        let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-        measure(&args, "sqlite", &sqlite, ceiling, &mut rows).await?;
+        let file = dir.path().join(format!("bench-{run}.db"));
+        measure(&args, "sqlite", &format!("sqlite://{}", file.display()), ceiling, &mut rows).await?;
+        // Each run starts from an empty database; the last one's is not
+        // needed any more (it holds hundreds of thousands of rows).
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+        runs.push(rows);
     }
+    let mut rows = median_rows(&runs);
     if args.memory_only || args.phases.contains(&Phase::Memory) {
         let mem_db = format!("sqlite://{}", dir.path().join("memory.db").display());
         memory(&args, "sqlite", &mem_db, &mut rows).await?;
@@ -775,17 +837,65 @@ async fn main() -> anyhow::Result<()> {
         measured?;
     }
 
+    if args.runs > 1 {
+        println!("medians of {} runs; the ranges are the lowest and highest run", args.runs);
+    }
     println!("{:<10} {:<48} {:>12} {:<14} {:>9}  target", "backend", "metric", "value", "unit", "ceiling");
     for r in &rows {
-        let ratio = r.ratio_of_ceiling.map_or(String::new(), |x| format!("{:.1} %", x * 100.0));
+        let mut ratio = r.ratio_of_ceiling.map_or(String::new(), |x| format!("{:.1} %", x * 100.0));
+        if let Some([lowest, highest]) = r.ratio_range {
+            ratio = format!("{ratio} ({:.1}–{:.1})", lowest * 100.0, highest * 100.0);
+        }
         println!("{:<10} {:<48} {:>12.2} {:<14} {:>9}  {}", r.backend, r.metric, r.value, r.unit, ratio, r.target);
     }
-    let report =
+    let mut report =
         json!({"machine": machine, "seconds_per_phase": args.seconds, "concurrency": args.concurrency, "rows": rows});
+    if args.runs > 1 {
+        report["runs"] = json!(runs);
+    }
     if let Some(parent) = std::path::Path::new(&args.out).parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     eprintln!("report written to {}", args.out);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ceiling: f64, drain: f64) -> Vec<Row> {
+        vec![
+            row("loopback", "ceiling", ceiling, "posts/s", Some(ceiling), ""),
+            row("sqlite", "drain rate", drain, "deliveries/s", Some(ceiling), ""),
+            row("sqlite", "peak rss", 50.0, "MB", None, ""),
+        ]
+    }
+
+    #[test]
+    fn several_runs_give_medians_of_values_and_of_shares_with_their_ranges() {
+        // Shares 40 %, 25 %, 50 %: the median share is the middle run's own
+        // share, not the median drain over the median ceiling (30 %).
+        let rows = median_rows(&[run(100.0, 40.0), run(120.0, 30.0), run(80.0, 40.0)]);
+        let drain = &rows[1];
+        assert_eq!(drain.value, 40.0);
+        assert_eq!(drain.value_range, Some([30.0, 40.0]));
+        assert_eq!(drain.ratio_of_ceiling, Some(0.4));
+        assert_eq!(drain.ratio_range, Some([0.25, 0.5]));
+        assert_eq!(rows[2].ratio_range, None, "a figure without a share has no share range");
+        // An even number of runs: the mean of the middle two.
+        let rows = median_rows(&[run(100.0, 40.0), run(100.0, 30.0)]);
+        assert_eq!(rows[1].value, 35.0);
+        assert_eq!(rows[1].ratio_of_ceiling, Some(0.35));
+    }
+
+    #[test]
+    fn one_run_is_reported_as_it_was_measured() {
+        let rows = median_rows(&[run(100.0, 40.0)]);
+        assert_eq!(rows[1].value, 40.0);
+        assert_eq!(rows[1].ratio_of_ceiling, Some(0.4));
+        assert_eq!((rows[1].value_range, rows[1].ratio_range), (None, None));
+        assert!(median_rows(&[]).is_empty());
+    }
 }
