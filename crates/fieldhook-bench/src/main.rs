@@ -837,8 +837,9 @@ async fn main() -> anyhow::Result<()> {
         measured?;
     }
 
-    if args.runs > 1 {
-        println!("medians of {} runs; the ranges are the lowest and highest run", args.runs);
+    let several_runs = runs.len() > 1;
+    if several_runs {
+        println!("medians of {} runs; the ranges are the lowest and highest run", runs.len());
     }
     println!("{:<10} {:<48} {:>12} {:<14} {:>9}  target", "backend", "metric", "value", "unit", "ceiling");
     for r in &rows {
@@ -850,7 +851,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut report =
         json!({"machine": machine, "seconds_per_phase": args.seconds, "concurrency": args.concurrency, "rows": rows});
-    if args.runs > 1 {
+    if several_runs {
         report["runs"] = json!(runs);
     }
     if let Some(parent) = std::path::Path::new(&args.out).parent() {
