@@ -386,9 +386,9 @@ fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Box<dyn Job>>, writer: &Wri
         }
         writer.begun.store(number, Ordering::Release);
         let mut jobs = Vec::with_capacity(batch.len());
-        let (outcome, verdict) = futures::executor::block_on(run_batch(&mut conn, &mut batch, None, &mut jobs));
+        let ended = futures::executor::block_on(run_batch(&mut conn, &mut batch, None, &mut jobs));
         let handed = conn.handoff().map(|h| h.take()).unwrap_or_default();
-        if let Err(e) = &outcome {
+        if let Some(e) = &ended.failure {
             tracing::error!(error = %e, "group commit failed");
             if let Conn::Sqlite(c) = &conn
                 && !c.is_autocommit()
@@ -398,9 +398,9 @@ fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Box<dyn Job>>, writer: &Wri
         }
         syncer.settle(Ran {
             number,
-            committed: outcome.is_ok(),
+            committed: ended.committed,
             jobs,
-            verdict,
+            verdict: ended.verdict,
             // Whatever the outcome: a rolled-back change costs one extra read.
             webhooks_changed: webhooks_changed.swap(false, Ordering::Relaxed),
             new_requests: inserted.swap(0, Ordering::Relaxed),
@@ -576,14 +576,14 @@ async fn run_postgres(
             },
         };
         let mut jobs = Vec::with_capacity(batch.len());
-        let (outcome, verdict) = run_batch(c, &mut batch, Some(channel), &mut jobs).await;
-        if outcome.is_ok() {
+        let ended = run_batch(c, &mut batch, Some(channel), &mut jobs).await;
+        if ended.committed {
             committed.notify_waiters();
         }
         for job in jobs {
-            job.answer(verdict.clone());
+            job.answer(ended.verdict.clone());
         }
-        if let Err(e) = outcome {
+        if let Some(e) = ended.failure {
             // The connection may be broken: start the next batch on a new one.
             tracing::error!(error = %e, "group commit failed");
             if let Some(Conn::Postgres(c)) = conn.take() {
@@ -593,9 +593,9 @@ async fn run_postgres(
     }
 }
 
-/// Runs one batch in one transaction; returns whether it committed, and
-/// moves the jobs to `answers`, to be answered with the verdict returned
-/// (the caller answers, once the transaction's fate is final).
+/// Runs one batch in one transaction; says how it ended, and moves the
+/// jobs to `answers`, to be answered with its verdict (the caller answers,
+/// once the transaction's fate is final).
 ///
 /// Each job runs in a savepoint, so that a failing one rolls back only
 /// itself; consecutive rerunnable jobs share one ("a run"), and when one of
@@ -605,7 +605,7 @@ async fn run_batch(
     batch: &mut Vec<Box<dyn Job>>,
     notify: Option<&'static str>,
     answers: &mut Vec<Box<dyn Job>>,
-) -> (Verdict, Verdict) {
+) -> Ended {
     let single = batch.len() == 1;
     metrics::histogram!(crate::metrics::COMMIT_BATCH).record(batch.len() as f64);
     // IMMEDIATE takes SQLite's write lock up front, so a CLI command writing
@@ -616,7 +616,7 @@ async fn run_batch(
         // its job was dropped.
         batch.clear();
         let e = Arc::new(e);
-        return (Err(e.clone()), Err(e));
+        return Ended { committed: false, failure: Some(e.clone()), verdict: Err(e) };
     }
     let mut failure: Option<SqlError> = None;
     // The rerunnable jobs run since the shared savepoint was taken, and
@@ -635,7 +635,7 @@ async fn run_batch(
                 let rolled = conn.execute_raw("ROLLBACK").await.map_err(Arc::new);
                 conn.undo_handoffs(Mark::default());
                 answers.push(job);
-                return (rolled, Ok(()));
+                return Ended { committed: false, failure: rolled.err(), verdict: Ok(()) };
             }
             answers.push(job);
         } else if job.rerunnable() {
@@ -701,11 +701,23 @@ async fn run_batch(
     if result.is_err() {
         conn.undo_handoffs(Mark::default());
     }
-    (result.clone(), result)
+    Ended { committed: result.is_ok(), failure: result.clone().err(), verdict: result }
 }
 
-/// How a transaction ended.
+/// What the jobs of a batch are answered (a job's own error rides in its
+/// reply).
 type Verdict = std::result::Result<(), Arc<SqlError>>;
+
+/// How a batch's transaction ended.
+struct Ended {
+    /// Whether its writes are committed (a lone job that failed is rolled
+    /// back: nothing to sync, hand over or wake anyone for).
+    committed: bool,
+    /// A failure of the transaction itself, after which the connection may
+    /// be unusable.
+    failure: Option<Arc<SqlError>>,
+    verdict: Verdict,
+}
 
 /// Releases the shared savepoint of a run of rerunnable jobs, if one is
 /// open, and moves them to the answers.

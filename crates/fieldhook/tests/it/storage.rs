@@ -145,3 +145,33 @@ async fn reads_settle_while_the_writer_runs_ahead_of_the_syncer() {
     let seen = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
     assert_eq!(seen, 1600);
 }
+
+/// A lone write that fails is rolled back whole, so its batch counts as not
+/// committed: the delivery engine is not sent looking for requests that
+/// were written and taken back (and no fsync is spent on it). A committed
+/// write of a request does send it looking, which shows the count can move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_write_that_fails_leaves_the_requests_generation_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_with_table(&dir, "lone.db", "CREATE TABLE requests (id INTEGER PRIMARY KEY)").await;
+    let insert = |fail: bool| {
+        db.committer.write(move |c| {
+            Box::pin(async move {
+                sql::query("INSERT INTO requests DEFAULT VALUES").execute(c).await?;
+                if fail {
+                    return Err(fieldhook::error::Error::Conflict("taken back".into()));
+                }
+                Ok(())
+            })
+        })
+    };
+    let before = db.committer.requests_generation();
+    assert!(insert(true).await.is_err());
+    // A later write is settled after the failed one.
+    db.committer.write(|_| Box::pin(async { Ok(()) })).await.unwrap();
+    assert_eq!(db.committer.requests_generation(), before, "a rolled-back request moved the generation");
+    insert(false).await.unwrap();
+    assert_ne!(db.committer.requests_generation(), before);
+    let rows: i64 = sql::query_scalar("SELECT COUNT(*) FROM requests").fetch_one(&db.read).await.unwrap();
+    assert_eq!(rows, 1);
+}
