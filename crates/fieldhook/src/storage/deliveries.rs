@@ -148,10 +148,18 @@ pub async fn claim(
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
     if backend == Backend::Postgres {
-        sql::query("SELECT uuid FROM webhooks WHERE uuid = $1 FOR UPDATE")
-            .bind(target.uuid.to_string())
-            .execute(&mut *conn)
-            .await?;
+        // The row lock orders this claim with a pause, a resume or a
+        // removal of the webhook, and its status is read again under it:
+        // the list `target` came from may predate a pause that has been
+        // acknowledged since, and nothing is sent after that (webhooks.md).
+        let status: Option<String> =
+            sql::query_scalar("SELECT status FROM webhooks WHERE uuid = $1 AND removed = 0 FOR UPDATE")
+                .bind(target.uuid.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+        if status.is_none_or(|s| WebhookStatus::parse(&s) != target.status) {
+            return Ok(Vec::new());
+        }
         let leased: i64 = sql::query_scalar(
             "SELECT COUNT(*) FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
              AND claimed_until IS NOT NULL AND claimed_until >= $2",

@@ -826,3 +826,41 @@ async fn a_failed_tls_handshake_is_a_tls_failure() {
     assert_eq!(sent["http_response_code"], Value::Null);
     assert!(plain.received().is_empty());
 }
+
+/// PostgreSQL's engine reads the webhooks at each pass, then claims for
+/// each: a pause acknowledged in between must still stop the claim, or an
+/// event created after the pause goes out (the occasional failure of
+/// the_backlog_gauges_count_held_retrying_and_due_requests: one of the
+/// paused webhook's three requests had been sent). The claim reads the
+/// status again under the webhook's row lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_from_a_list_read_before_a_pause_takes_nothing() {
+    use fieldhook::storage::deliveries;
+    let Some((url, dir)) = fresh_database(Backend::Postgres).await else { return };
+    // No engine of its own: the claims are this test's.
+    let app = spawn_with(Backend::Postgres, url, dir, |s| Settings { role: Some("api".into()), ..s }).await;
+    let hook = app.webhook("https://example.com/hook", &["client_created"]).await;
+    let read_targets = || async { deliveries::targets(&mut app.db.read.acquire().await.unwrap()).await.unwrap() };
+    let before_pause = read_targets().await;
+    app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
+    app.create("clients", json!({"first_name": "after the pause"})).await;
+    assert!(claim_for(&app, &hook, before_pause).await.is_empty(), "a request created after the pause was claimed");
+    app.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await;
+    assert_eq!(claim_for(&app, &hook, read_targets().await).await.len(), 1, "resumed, the request is claimed");
+}
+
+/// A claim of up to 10 due requests of `hook`, as the engine makes it, from
+/// the list of webhooks `targets`.
+async fn claim_for(
+    app: &TestApp,
+    hook: &str,
+    targets: Vec<std::sync::Arc<fieldhook::storage::deliveries::Target>>,
+) -> Vec<fieldhook::storage::deliveries::Due> {
+    let target = targets.iter().find(|t| t.uuid.to_string() == hook).expect("the webhook is listed");
+    let mut conn = app.db.read.acquire().await.unwrap();
+    let now = fieldhook::clock::Clock::now(&app.clock);
+    let lease = Duration::from_secs(60);
+    fieldhook::storage::deliveries::claim(&mut conn, app.db.backend, target, 10, 16, now, false, lease, "test", None)
+        .await
+        .unwrap()
+}
