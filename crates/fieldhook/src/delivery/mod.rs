@@ -21,7 +21,7 @@ use crate::storage::sql::Conn;
 use crate::storage::{Backend, Db};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use sender::Sender;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,7 +40,12 @@ pub struct DeliveryConfig {
     pub retention: Duration,
 }
 
-fn decrement(counts: &mut HashMap<Uuid, usize>, key: &Uuid) {
+/// Maps and sets keyed by the uuids of requests and webhooks, which this
+/// server made: hashed with foldhash, not std's SipHash (see Cargo.toml).
+pub(crate) type UuidMap<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
+pub(crate) type UuidSet = std::collections::HashSet<Uuid, foldhash::fast::RandomState>;
+
+fn decrement(counts: &mut UuidMap<usize>, key: &Uuid) {
     if let Some(n) = counts.get_mut(key) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -86,22 +91,22 @@ const LOOK_AGAIN: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct InFlight {
     /// Claimed and not yet recorded.
-    requests: HashSet<Uuid>,
+    requests: UuidSet,
     /// Of those, per webhook.
-    unrecorded: HashMap<Uuid, usize>,
+    unrecorded: UuidMap<usize>,
     /// POSTs under way, per webhook: what the in-flight bound limits.
-    per_webhook: HashMap<Uuid, usize>,
+    per_webhook: UuidMap<usize>,
     /// Requests recorded since the current dispatch pass began. A claim
     /// query that started before their result committed may still return
     /// them as scheduled; they must not be sent again.
-    finished_this_pass: HashSet<Uuid>,
+    finished_this_pass: UuidSet,
     /// SQLite: due requests read ahead, per webhook, in claim order, not yet
     /// sent. One process sends from a SQLite file, so what it has read stays
     /// due until it sends it; reading a few hundred at once spares a claim
     /// query (which returns the unrecorded requests again) per freed slot.
-    ahead: HashMap<Uuid, VecDeque<Due>>,
+    ahead: UuidMap<VecDeque<Due>>,
     /// The requests in `ahead`.
-    ahead_ids: HashSet<Uuid>,
+    ahead_ids: UuidSet,
     /// The list of webhooks `ahead` was last checked against (held, so
     /// that a new list can never share its address).
     ahead_checked_against: Option<Arc<Vec<Arc<Target>>>>,
@@ -109,7 +114,7 @@ struct InFlight {
     /// `ahead` and the hand-offs since hold all their due work. Cleared
     /// whenever something may have added work a claim has to find (see
     /// [`Shared::caught_up`]).
-    caught_up: HashMap<Uuid, CaughtUp>,
+    caught_up: UuidMap<CaughtUp>,
 }
 
 /// When a claim found every due request of a webhook.
@@ -173,7 +178,7 @@ struct Shared {
     /// Set once the loop has stopped: a finished POST takes no next request.
     halted: AtomicBool,
     /// The temporary token last issued per key, with its expiry (`token`).
-    tokens_issued: Mutex<HashMap<Uuid, (i64, HeaderValue)>>,
+    tokens_issued: Mutex<UuidMap<(i64, HeaderValue)>>,
     handed_over: metrics::Counter,
     /// Held through a refresh of the backlog gauges, read and set: two
     /// refreshes (the periodic one, one asked for) never interleave, so an
@@ -316,7 +321,7 @@ struct CachedTargets {
     stamp: ListStamp,
     targets: Arc<Vec<Arc<Target>>>,
     /// The same, by uuid (for hand-offs).
-    by_uuid: HashMap<Uuid, Arc<Target>>,
+    by_uuid: UuidMap<Arc<Target>>,
 }
 
 /// Which read of the webhooks a list is (SQLite): the committer's webhook
@@ -400,7 +405,7 @@ impl Engine {
             // once per list, not at every pass (a pass per finished POST).
             let mut f = s.in_flight.lock().expect("in-flight lock");
             if !f.ahead_checked_against.as_ref().is_some_and(|checked| Arc::ptr_eq(checked, &all)) {
-                let serving: HashSet<Uuid> =
+                let serving: UuidSet =
                     targets.iter().filter(|t| t.status == WebhookStatus::Active).map(|t| t.uuid).collect();
                 let stale: Vec<Uuid> = f.ahead.keys().filter(|w| !serving.contains(w)).copied().collect();
                 for webhook in stale {

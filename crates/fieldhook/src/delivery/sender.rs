@@ -103,7 +103,8 @@ struct Inner {
     timeout: Duration,
     allow_private: bool,
     tls: tokio_rustls::TlsConnector,
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    /// Looked up twice per attempt: foldhash, as for the engine's maps.
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
 struct Idle {

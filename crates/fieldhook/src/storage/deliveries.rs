@@ -429,8 +429,8 @@ async fn mark_sent(
     conn: &mut Conn,
     attempts: &mut [Attempt],
     outcomes: &[&'static str],
-) -> Result<std::collections::HashSet<Uuid>> {
-    let mut marked = std::collections::HashSet::with_capacity(attempts.len());
+) -> Result<crate::delivery::UuidSet> {
+    let mut marked = crate::delivery::UuidSet::with_capacity_and_hasher(attempts.len(), Default::default());
     if conn.backend() == Backend::Sqlite {
         // In process, a statement costs no round trip, and SQLite runs
         // UPDATE … FROM as a join through a temporary table: a drain took
