@@ -40,8 +40,8 @@ pub struct DeliveryConfig {
     pub retention: Duration,
 }
 
-/// Maps and sets keyed by the uuids of requests and webhooks, which this
-/// server made: hashed with foldhash, not std's SipHash (see Cargo.toml).
+/// Maps and sets keyed by uuids this server made (of requests, webhooks and
+/// API keys): hashed with foldhash, not std's SipHash (see Cargo.toml).
 pub(crate) type UuidMap<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
 pub(crate) type UuidSet = std::collections::HashSet<Uuid, foldhash::fast::RandomState>;
 

@@ -103,7 +103,8 @@ struct Inner {
     timeout: Duration,
     allow_private: bool,
     tls: tokio_rustls::TlsConnector,
-    /// Looked up twice per attempt: foldhash, as for the engine's maps.
+    /// Looked up twice per attempt, so hashed with foldhash (see Cargo.toml);
+    /// its keys are the webhooks' few origins, and each map has its own seed.
     idle: Mutex<HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
