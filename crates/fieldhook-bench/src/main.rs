@@ -800,7 +800,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("machine: {machine}");
     let dir = tempfile::tempdir()?;
     let mut runs = Vec::new();
-    for run in 0..if args.memory_only { 0 } else { args.runs } {
+    // --memory-only skips the ceiling and the timed phases altogether.
+    let timed_runs = if args.memory_only { 0 } else { args.runs };
+    for run in 0..timed_runs {
         if args.runs > 1 {
             eprintln!("run {} of {}", run + 1, args.runs);
         }
