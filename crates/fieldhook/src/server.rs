@@ -2,7 +2,7 @@
 //! runs until a shutdown future resolves — so tests start the real server on
 //! port 0 and stop it, exactly as the binary does.
 
-use crate::api::{self, AppState, auth};
+use crate::api::{self, AppState, AppStateInner, auth};
 use crate::clock::SharedClock;
 use crate::config::{Config, LogFormat};
 use crate::delivery::{DeliveryConfig, Engine};
@@ -48,7 +48,7 @@ impl Server {
             .delivers()
             .then(|| Engine::new(db.clone(), clock.clone(), delivery_config(&config), tokens.clone()));
         let keys = (db.backend == crate::storage::Backend::Sqlite).then(Default::default);
-        let state = AppState {
+        let state = AppState::new(AppStateInner {
             db,
             clock,
             limiter: auth::limiter(config.rate_limit),
@@ -56,7 +56,7 @@ impl Server {
             tokens,
             allow_private_targets: config.allow_private_targets,
             push_url: config.push_url.as_ref().map(|u| u.to_string()),
-        };
+        });
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("FIELDHOOK_LISTEN: cannot listen on {}", config.listen))?;

@@ -27,9 +27,31 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-/// What every handler can reach.
+/// What every handler can reach: one shared [`AppStateInner`]. axum's
+/// `State` extractor and each middleware clone the state for every request;
+/// behind one `Arc` that is one reference count, where the fields cloned one
+/// by one were a string copy (the database URL), a keyed HMAC and a dozen
+/// reference counts per clone — 1.6 % of the server's time under a create
+/// load (perf).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct AppStateInner {
     pub db: Db,
     pub clock: SharedClock,
     pub limiter: Option<Arc<auth::KeyedLimiter>>,
