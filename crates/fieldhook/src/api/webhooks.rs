@@ -147,7 +147,7 @@ pub async fn patch_webhook(
             Box::pin(async move {
                 let current = webhooks::get(conn, account, uuid).await?.ok_or(Error::NotFound("webhook"))?;
                 let next = input.apply(&current, now, allow_private)?;
-                webhooks::update(conn, account, &next).await
+                webhooks::update(conn, account, current.ordering, &next).await
             })
         })
         .await?;

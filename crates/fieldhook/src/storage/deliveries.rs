@@ -237,11 +237,13 @@ pub async fn claim(
 }
 
 /// With entity ordering, a request waits while an earlier event of the same
-/// resource is still pending for the same webhook.
+/// resource is still pending for the same webhook. (Every scheduled request
+/// of an entity-ordered webhook has `entity_ordered = 1`: see migration
+/// 0006; the term lets the query use the partial index.)
 fn ordered_clause(target: &Target) -> &'static str {
     if target.ordering == Ordering::Entity {
         " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.webhook_uuid = r.webhook_uuid \
-           AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' \
+           AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' AND p.entity_ordered = 1 \
            AND (p.entity_version < r.entity_version \
                 OR (p.entity_version = r.entity_version AND p.event_uuid < r.event_uuid)))"
     } else {

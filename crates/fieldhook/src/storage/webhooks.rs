@@ -1,6 +1,7 @@
 //! Storage of webhooks, the fan-out of events into pending requests, and
 //! the request log as the API lists it.
 
+use super::Backend;
 use super::accounts::uuid_col;
 use super::deliveries::Due;
 use super::sql::{self, Conn, Row};
@@ -60,8 +61,20 @@ pub async fn insert(conn: &mut Conn, account: Uuid, created_by_key: Uuid, w: &We
     Ok(())
 }
 
-/// Saves the user-editable fields of a webhook.
-pub async fn update(conn: &mut Conn, account: Uuid, w: &Webhook) -> Result<()> {
+/// Saves the user-editable fields of a webhook, `previous` being what it
+/// was. Switched to entity ordering, its scheduled requests go into the
+/// entity-ordering index (on SQLite they were left out of it; migration
+/// 0006), so that the claims see the earlier versions they wait for.
+pub async fn update(conn: &mut Conn, account: Uuid, previous: Ordering, w: &Webhook) -> Result<()> {
+    if w.ordering == Ordering::Entity && previous != Ordering::Entity {
+        sql::query(
+            "UPDATE requests SET entity_ordered = 1 \
+             WHERE webhook_uuid = $1 AND status = 'scheduled' AND entity_ordered = 0",
+        )
+        .bind(w.uuid.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
     sql::query(
         "UPDATE webhooks SET url = $1, event_types = $2, secret = $3, ordering = $4, updated_at = $5 \
          WHERE uuid = $6 AND account_uuid = $7",
@@ -223,25 +236,38 @@ pub(crate) struct NewRequest<'a> {
 impl NewRequest<'_> {
     pub(crate) async fn insert(&self, conn: &mut Conn) -> Result<Uuid> {
         let uuid = Uuid::now_v7();
-        sql::query(
-            "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, entity_uuid, \
-             entity_version, attempt_no, retry_no, status, send_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12)",
-        )
-        .bind(uuid.to_string())
-        .bind(self.account)
-        .bind(self.webhook)
-        .bind(self.event_uuid)
-        .bind(self.event_type)
-        .bind(self.entity_type)
-        .bind(self.entity_uuid)
-        .bind(self.entity_version)
-        .bind(self.attempt_no)
-        .bind(self.retry_no)
-        .bind(self.send_at)
-        .bind(self.created_at)
-        .execute(conn)
-        .await?;
+        // Whether the entity-ordering index must hold it (migration 0006):
+        // on SQLite read from the webhook in this same transaction; on
+        // PostgreSQL always.
+        let sql = match conn.backend() {
+            Backend::Sqlite => concat!(
+                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
+                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12, ",
+                "(SELECT CASE WHEN ordering = 'entity' THEN 1 ELSE 0 END FROM webhooks WHERE uuid = $3))"
+            ),
+            Backend::Postgres => concat!(
+                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
+                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12, ",
+                "1)"
+            ),
+        };
+        sql::query(sql)
+            .bind(uuid.to_string())
+            .bind(self.account)
+            .bind(self.webhook)
+            .bind(self.event_uuid)
+            .bind(self.event_type)
+            .bind(self.entity_type)
+            .bind(self.entity_uuid)
+            .bind(self.entity_version)
+            .bind(self.attempt_no)
+            .bind(self.retry_no)
+            .bind(self.send_at)
+            .bind(self.created_at)
+            .execute(conn)
+            .await?;
         Ok(uuid)
     }
 }

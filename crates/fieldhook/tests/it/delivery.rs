@@ -17,6 +17,7 @@ crate::on_both_backends!(
     a_webhook_that_keeps_failing_is_suspended_then_probed_back,
     retries_run_out_and_the_event_is_listed_as_failed_and_can_be_resent,
     entity_ordering_delivers_one_job_in_version_order_despite_failures,
+    switching_to_entity_ordering_orders_the_backlog_already_held,
     last_write_wins_and_full_replication_receivers_converge,
     a_dead_endpoint_does_not_delay_a_healthy_one,
     pause_holds_events_and_resume_releases_them,
@@ -397,6 +398,42 @@ async fn entity_ordering_delivers_one_job_in_version_order_despite_failures(app:
     assert!(versions.windows(2).all(|w| w[0] <= w[1]), "out of order: {versions:?}");
     let distinct: std::collections::BTreeSet<i64> = versions.iter().copied().collect();
     assert_eq!(distinct.len(), 50);
+}
+
+/// Requests written while a webhook had no ordering are ordered once it is
+/// switched to entity ordering (on SQLite they were written outside the
+/// entity-ordering index: migration 0006).
+async fn switching_to_entity_ordering_orders_the_backlog_already_held(app: TestApp) {
+    let rx = Receiver::start().await;
+    rx.script(vec![Answer::Status(500)], Answer::Status(200));
+    let hook = app.webhook(&rx.url, &["job_created", "job_updated"]).await;
+    app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
+    let job = app.create("jobs", json!({"description": "v1"})).await;
+    for v in 2..=10 {
+        app.patch(&format!("/v2/jobs/{job}"), json!({"description": format!("v{v}")})).await;
+    }
+    let r = app.patch(&format!("/v2/webhooks/{hook}"), json!({"ordering": "entity"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await;
+    // Version 1 fails first; nothing else of the job may go out before its
+    // retry succeeds.
+    rx.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early: Vec<i64> = rx.received().iter().map(|r| r.body["job"]["version"].as_i64().unwrap()).collect();
+    assert_eq!(early, vec![1], "sent while version 1 waited for its retry");
+    let delivered = |r: &[crate::receiver::Received]| r.iter().any(|x| x.body["job"]["version"] == 10);
+    for _ in 0..100 {
+        if delivered(&rx.received()) {
+            break;
+        }
+        app.advance(Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = rx.wait_until("version 10", delivered).await;
+    let versions: Vec<i64> = got.iter().map(|r| r.body["job"]["version"].as_i64().unwrap()).collect();
+    let mut expected = vec![1];
+    expected.extend(1..=10);
+    assert_eq!(versions, expected);
 }
 
 /// A receiver replicating one job, answering as webhooks.md describes.
