@@ -203,16 +203,22 @@ pub async fn claim(
     let due: Vec<Due> = rows
         .into_iter()
         .map(|mut r| {
+            // The texts move out of the row rather than being copied: a
+            // claim reads hundreds of rows.
             let body = Bytes::from(r.take_text("body")?);
+            let account = r.take_text("account_uuid")?;
+            let event_type = r.take_text("event_type")?;
+            let entity_type = r.take_text("entity_type")?;
+            let entity_uuid = r.take_text("entity_uuid")?;
             let r = &r;
             Ok(Due {
                 request: uuid_col(r, "uuid")?,
                 webhook: target.uuid,
-                account: r.try_get("account_uuid")?,
+                account,
                 event_uuid: uuid_col(r, "event_uuid")?,
-                event_type: r.try_get("event_type")?,
-                entity_type: r.try_get("entity_type")?,
-                entity_uuid: r.try_get("entity_uuid")?,
+                event_type,
+                entity_type,
+                entity_uuid,
                 entity_version: r.try_get("entity_version")?,
                 attempt_no: r.try_get("attempt_no")?,
                 retry_no: r.try_get("retry_no")?,

@@ -236,22 +236,25 @@ pub(crate) struct NewRequest<'a> {
 impl NewRequest<'_> {
     pub(crate) async fn insert(&self, conn: &mut Conn) -> Result<Uuid> {
         let uuid = Uuid::now_v7();
-        // Whether the entity-ordering index must hold it (migration 0006):
-        // on SQLite read from the webhook in this same transaction; on
-        // PostgreSQL always.
+        // The last column says whether the entity-ordering index must hold
+        // it (migration 0006): on SQLite as the webhook's ordering is in
+        // this same transaction; on PostgreSQL always.
+        macro_rules! insert_with_entity_ordered {
+            ($entity_ordered:literal) => {
+                concat!(
+                    "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
+                     entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12, ",
+                    $entity_ordered,
+                    ")"
+                )
+            };
+        }
         let sql = match conn.backend() {
-            Backend::Sqlite => concat!(
-                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
-                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12, ",
-                "(SELECT CASE WHEN ordering = 'entity' THEN 1 ELSE 0 END FROM webhooks WHERE uuid = $3))"
+            Backend::Sqlite => insert_with_entity_ordered!(
+                "(SELECT CASE WHEN ordering = 'entity' THEN 1 ELSE 0 END FROM webhooks WHERE uuid = $3)"
             ),
-            Backend::Postgres => concat!(
-                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
-                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12, ",
-                "1)"
-            ),
+            Backend::Postgres => insert_with_entity_ordered!("1"),
         };
         sql::query(sql)
             .bind(uuid.to_string())
