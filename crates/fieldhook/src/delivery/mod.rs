@@ -405,8 +405,16 @@ impl Engine {
             // once per list, not at every pass (a pass per finished POST).
             let mut f = s.in_flight.lock().expect("in-flight lock");
             if !f.ahead_checked_against.as_ref().is_some_and(|checked| Arc::ptr_eq(checked, &all)) {
-                let serving: UuidSet =
-                    targets.iter().filter(|t| t.status == WebhookStatus::Active).map(|t| t.uuid).collect();
+                // An entity-ordered webhook's read-ahead is read again with
+                // every new list: it may hold requests handed over while the
+                // webhook had no ordering, which must not go out past the
+                // switch without waiting for their earlier versions. (Lists
+                // change only with webhooks and keys: rarely.)
+                let serving: UuidSet = targets
+                    .iter()
+                    .filter(|t| t.status == WebhookStatus::Active && t.ordering == Ordering::None)
+                    .map(|t| t.uuid)
+                    .collect();
                 let stale: Vec<Uuid> = f.ahead.keys().filter(|w| !serving.contains(w)).copied().collect();
                 for webhook in stale {
                     f.drop_ahead(&webhook);
@@ -777,12 +785,32 @@ impl Engine {
                 // The rows still say `scheduled`: they will be sent again.
                 Err(e) => tracing::error!(error = %e, "could not record delivery results"),
             }
+            // A recorded result of an entity-ordered webhook can let the next
+            // version of its resource go, which only a claim finds: such a
+            // webhook is no longer caught up. (Read before the in-flight
+            // lock, which `take_fresh` takes inside the targets lock.)
+            let unblocking: UuidSet = s
+                .targets
+                .lock()
+                .expect("targets lock")
+                .as_ref()
+                .map(|cached| {
+                    finished
+                        .iter()
+                        .map(|(_, webhook)| *webhook)
+                        .filter(|w| cached.by_uuid.get(w).is_some_and(|t| t.ordering == Ordering::Entity))
+                        .collect()
+                })
+                .unwrap_or_default();
             {
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 for (request, webhook) in finished {
                     f.requests.remove(&request);
                     f.finished_this_pass.insert(request);
                     decrement(&mut f.unrecorded, &webhook);
+                }
+                for webhook in &unblocking {
+                    f.caught_up.remove(webhook);
                 }
             }
             metrics::gauge!(crate::metrics::IN_FLIGHT).set(self.in_flight_count() as f64);

@@ -18,6 +18,7 @@ crate::on_both_backends!(
     retries_run_out_and_the_event_is_listed_as_failed_and_can_be_resent,
     entity_ordering_delivers_one_job_in_version_order_despite_failures,
     switching_to_entity_ordering_orders_the_backlog_already_held,
+    switching_to_entity_ordering_holds_back_what_was_already_queued,
     last_write_wins_and_full_replication_receivers_converge,
     a_dead_endpoint_does_not_delay_a_healthy_one,
     pause_holds_events_and_resume_releases_them,
@@ -434,6 +435,44 @@ async fn switching_to_entity_ordering_orders_the_backlog_already_held(app: TestA
     let mut expected = vec![1];
     expected.extend(1..=10);
     assert_eq!(versions, expected);
+}
+
+/// Requests an active webhook without ordering had already queued in
+/// memory (handed over or read ahead, SQLite) are not sent past the switch
+/// to entity ordering: after it, one version of the job at a time.
+async fn switching_to_entity_ordering_holds_back_what_was_already_queued(app: TestApp) {
+    let rx = Receiver::start().await;
+    // Until the switch, the receiver holds each request long enough for the
+    // rest of the job's versions to queue up behind the in-flight bound.
+    let pause = Duration::from_millis(100);
+    let switching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let after_switch = switching.clone();
+    rx.answer_with(move |_| {
+        let held = if after_switch.load(std::sync::atomic::Ordering::SeqCst) { pause } else { pause * 15 };
+        Answer::Slow(held, 200)
+    });
+    let hook = app.webhook(&rx.url, &["job_created", "job_updated"]).await;
+    let job = app.create("jobs", json!({"description": "v1"})).await;
+    for v in 2..=40 {
+        app.patch(&format!("/v2/jobs/{job}"), json!({"description": format!("v{v}")})).await;
+    }
+    switching.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = app.patch(&format!("/v2/webhooks/{hook}"), json!({"ordering": "entity"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // (A POST that left just before the switch became visible to the
+    // engine may arrive a moment after the test hears back.)
+    let switched = std::time::Instant::now() + Duration::from_millis(30);
+    let got = rx.wait_until("version 40", |r| r.iter().any(|x| x.body["job"]["version"] == 40)).await;
+    let after: Vec<(std::time::Instant, i64)> =
+        got.iter().filter(|r| r.at > switched).map(|r| (r.at, r.body["job"]["version"].as_i64().unwrap())).collect();
+    assert!(after.len() > 1, "nearly everything went out before the switch: {after:?}");
+    // Each version after the switch waits for the answer to the one
+    // before it (a pause of 100 ms), never sent beside it.
+    for pair in after.windows(2) {
+        let ((a, va), (b, vb)) = (pair[0], pair[1]);
+        assert!(va < vb, "out of order after the switch: {after:?}");
+        assert!(b - a >= pause * 9 / 10, "versions {va} and {vb} were in flight together after the switch");
+    }
 }
 
 /// A receiver replicating one job, answering as webhooks.md describes.
