@@ -408,8 +408,10 @@ impl Engine {
                 // An entity-ordered webhook's read-ahead is read again with
                 // every new list: it may hold requests handed over while the
                 // webhook had no ordering, which must not go out past the
-                // switch without waiting for their earlier versions. (Lists
-                // change only with webhooks and keys: rarely.)
+                // switch without waiting for their earlier versions. (A new
+                // list comes with each change to webhooks or keys and at least
+                // every safety poll: one claim a second at most, which a new
+                // list asks for anyway, as it clears `caught_up`.)
                 let serving: UuidSet = targets
                     .iter()
                     .filter(|t| t.status == WebhookStatus::Active && t.ordering == Ordering::None)
