@@ -122,22 +122,40 @@ struct InFlight {
     /// The list of webhooks `ahead` was last checked against (held, so
     /// that a new list can never share its address).
     ahead_checked_against: Option<Arc<Vec<Arc<Target>>>>,
-    /// SQLite: webhooks whose last claim found every due request, so that
-    /// `ahead` and the hand-offs since hold all their due work. Cleared
-    /// whenever something may have added work a claim has to find (see
-    /// [`Shared::caught_up`]).
-    caught_up: UuidMap<CaughtUp>,
+    /// SQLite: what the last read-ahead claim of each webhook found, while
+    /// nothing it could not see has happened since. Cleared whenever
+    /// something may have added work a claim has to find (see
+    /// [`Shared::last_claim`]).
+    last_claims: UuidMap<LastClaim>,
+    /// Bumped whenever `last_claims` is cleared, so that a claim under way
+    /// then does not leave what it found behind (it may have read past
+    /// requests that were held when it began and are not any more).
+    claims_reset: u64,
 }
 
-/// When a claim found every due request of a webhook.
+/// What a read-ahead claim of one webhook found (SQLite).
 #[derive(Debug, Clone, Copy)]
-struct CaughtUp {
+struct LastClaim {
     /// The committer's requests generation before the claim began.
     requests_generation: u64,
     at: chrono::DateTime<chrono::Utc>,
+    /// It found every due request: `ahead` and the hand-offs since hold all
+    /// the webhook's due work ([`Shared::caught_up`]).
+    all_due: bool,
+    /// Where it stopped in claim order. Every due request before it is held
+    /// by this process, so the next claim starts there
+    /// ([`Shared::resume_at`]).
+    end: Option<deliveries::Position>,
 }
 
 impl InFlight {
+    /// Forgets what the last claims found: each webhook is claimed for
+    /// again, from the start of the claim order.
+    fn forget_claims(&mut self) {
+        self.last_claims.clear();
+        self.claims_reset += 1;
+    }
+
     /// Forgets what was read ahead for `webhook` (paused, removed, suspended).
     fn drop_ahead(&mut self, webhook: &Uuid) {
         if let Some(queue) = self.ahead.remove(webhook) {
@@ -198,23 +216,71 @@ struct Shared {
     refreshing_gauges: tokio::sync::Mutex<()>,
 }
 
+/// How much a claim asks for.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    /// Requests not held by this process: the free slots, or on SQLite a
+    /// read-ahead's worth.
+    fresh: i64,
+    /// SQLite: how many requests this process holds for the webhook, which
+    /// a claim from the start of the claim order reads past.
+    held: i64,
+    /// SQLite: where the last claim stopped, if it still holds
+    /// ([`Shared::resume_at`]).
+    resume: Option<deliveries::Position>,
+}
+
+/// What a claim found.
+struct Claimed {
+    due: Vec<Due>,
+    /// SQLite: every due request was found (fewer than asked for).
+    all_due: bool,
+    /// SQLite: the position of the last request read, in claim order.
+    end: Option<deliveries::Position>,
+}
+
 impl Shared {
     /// Whether the list of webhooks read at `stamp` is still good to serve from.
     fn is_current(&self, stamp: ListStamp) -> bool {
         self.db.committer.webhooks_generation() == Some(stamp.generation) && stamp.read_at.elapsed() < SAFETY_POLL
     }
 
-    /// Whether the read-ahead queue of `webhook` holds all its due work, so
-    /// that no claim is needed: its last claim found every due request, no
-    /// commit since wrote a request without handing it over (a retry, a
+    /// The last read-ahead claim of `webhook`, if what it found still holds:
+    /// no commit since wrote a request without handing it over (a retry, a
     /// resend, one the engine did not take), and the claim is recent enough
     /// that no retry can have fallen due since unnoticed.
-    fn caught_up(&self, f: &InFlight, webhook: &Uuid, now: chrono::DateTime<chrono::Utc>) -> bool {
-        f.caught_up.get(webhook).is_some_and(|c| {
+    fn last_claim(&self, f: &InFlight, webhook: &Uuid, now: chrono::DateTime<chrono::Utc>) -> Option<LastClaim> {
+        f.last_claims.get(webhook).copied().filter(|c| {
             Some(c.requests_generation) == self.db.committer.requests_generation()
                 && now >= c.at
                 && now - c.at < CAUGHT_UP_FOR
         })
+    }
+
+    /// Whether the read-ahead queue of `webhook` holds all its due work, so
+    /// that no claim is needed: its last claim found every due request.
+    fn caught_up(&self, f: &InFlight, webhook: &Uuid, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.last_claim(f, webhook, now).is_some_and(|c| c.all_due)
+    }
+
+    /// Where the next claim of `webhook` starts, when its last claim says:
+    /// every due request before that position is held by this process,
+    /// since nothing has written a request a claim must find (the
+    /// generation), and whatever fell due since has a later `send_at`. It
+    /// spares the claim [`deliveries::due_positions`], which reads past the
+    /// requests this process holds, a few hundred per claim in a drain.
+    /// Not for entity ordering, whose blocked requests are let go by a
+    /// result, not by a new request.
+    fn resume_at(
+        &self,
+        f: &InFlight,
+        target: &Target,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<deliveries::Position> {
+        if target.ordering != Ordering::None {
+            return None;
+        }
+        self.last_claim(f, &target.uuid, now).and_then(|c| c.end)
     }
 
     /// Whether `webhook`'s read-ahead queue is to be topped up by a claim
@@ -227,36 +293,43 @@ impl Shared {
 
     /// SQLite's claim, which has no lease: the requests this process holds
     /// come first in claim order, so it starts at the first one it does not
-    /// hold ([`deliveries::due_positions`]). Says whether it found every due
-    /// request (fewer were due than `limit`).
+    /// hold — where the last claim stopped (`resume`, then `limit` counts
+    /// only what is not held), or else found by
+    /// [`deliveries::due_positions`].
     #[allow(clippy::too_many_arguments)]
     async fn claim_sqlite(
         &self,
         conn: &mut Conn,
         target: &Target,
-        mut limit: i64,
+        ask: Ask,
         bound: i64,
         now: chrono::DateTime<chrono::Utc>,
         probe: bool,
         lease: Duration,
-    ) -> Result<(Vec<Due>, bool)> {
-        let mut from = None;
-        let mut all_due = false;
-        if !probe {
+    ) -> Result<Claimed> {
+        let (mut from, mut limit) = (None, ask.fresh + ask.held);
+        if let Some(resume) = ask.resume {
+            from = Some(resume);
+            limit = ask.fresh;
+        } else if !probe {
             let positions = deliveries::due_positions(conn, target, limit, now).await?;
-            all_due = (positions.len() as i64) < limit;
             let f = self.in_flight.lock().expect("in-flight lock");
             let held =
                 |id: &Uuid| f.requests.contains(id) || f.ahead_ids.contains(id) || f.finished_this_pass.contains(id);
             let Some(first) = positions.iter().position(|p| !held(&p.uuid)) else {
-                return Ok((Vec::new(), all_due));
+                return Ok(Claimed {
+                    all_due: (positions.len() as i64) < limit,
+                    end: positions.last().copied(),
+                    due: Vec::new(),
+                });
             };
             from = Some(positions[first]);
             limit -= first as i64;
         }
-        let claimed =
+        let (due, end) =
             deliveries::claim(conn, Backend::Sqlite, target, limit, bound, now, probe, lease, &self.node, from).await?;
-        Ok((claimed, all_due))
+        // Fewer rows than asked for: every due request from `from` on.
+        Ok(Claimed { all_due: (due.len() as i64) < limit, end: end.or(from), due })
     }
 
     /// Takes the fresh requests of a commit, handed over by the committer
@@ -397,7 +470,7 @@ impl Engine {
     /// Makes the loop look at the queue now, claims included (tests that
     /// move the clock).
     pub fn wake(&self) {
-        self.shared.in_flight.lock().expect("in-flight lock").caught_up.clear();
+        self.shared.in_flight.lock().expect("in-flight lock").forget_claims();
         self.wake.notify_one();
     }
 
@@ -423,7 +496,7 @@ impl Engine {
                 // switch without waiting for their earlier versions. (A new
                 // list comes with each change to webhooks or keys and at least
                 // every safety poll: one claim a second at most, which a new
-                // list asks for anyway, as it clears `caught_up`.)
+                // list asks for anyway, as it clears `last_claims`.)
                 let serving: UuidSet = targets
                     .iter()
                     .filter(|t| t.status == WebhookStatus::Active && t.ordering == Ordering::None)
@@ -443,12 +516,17 @@ impl Engine {
             let probe = target.status == WebhookStatus::Suspended;
             let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
             let read_ahead = s.db.backend == Backend::Sqlite && !probe;
-            let (room, held, queued, refill) = {
+            // Read before the cursor is checked against it: what the claim
+            // finds is good until the next commit a claim must look for.
+            let generation = s.db.committer.requests_generation();
+            let (room, held, queued, refill, reset, resume) = {
                 let f = s.in_flight.lock().expect("in-flight lock");
                 let busy = f.per_webhook.get(&target.uuid).copied().unwrap_or(0);
                 let held = f.unrecorded.get(&target.uuid).copied().unwrap_or(0);
                 let queued = f.ahead.get(&target.uuid).map_or(0, VecDeque::len);
-                (bound.saturating_sub(busy), held, queued, read_ahead && s.needs_refill(&f, &target.uuid, now))
+                let refill = read_ahead && s.needs_refill(&f, &target.uuid, now);
+                let resume = if read_ahead { s.resume_at(&f, &target, now) } else { None };
+                (bound.saturating_sub(busy), held, queued, refill, f.claims_reset, resume)
             };
             // One probe at a time: not while the last one awaits its record.
             if (room == 0 && !refill) || (probe && held > 0) {
@@ -459,20 +537,21 @@ impl Engine {
                 // SQLite has no lease: the rows this node holds come back from
                 // the query and are skipped below. PostgreSQL leases hide them,
                 // and every row returned is claimed, so take just `room`.
-                let limit = match s.db.backend {
-                    Backend::Sqlite if read_ahead => held + queued + READ_AHEAD.max(room),
-                    Backend::Sqlite => room + held,
-                    Backend::Postgres => room,
+                let ask = match s.db.backend {
+                    Backend::Sqlite if read_ahead => {
+                        Ask { fresh: READ_AHEAD.max(room) as i64, held: (held + queued) as i64, resume }
+                    }
+                    Backend::Sqlite => Ask { fresh: room as i64, held: held as i64, resume: None },
+                    Backend::Postgres => Ask { fresh: room as i64, held: 0, resume: None },
                 };
-                let generation = s.db.committer.requests_generation();
-                let (claimed, all_due) = self.claim(&target, limit as i64, bound as i64, now, probe).await?;
+                let Claimed { due: claimed, all_due, end } = self.claim(&target, ask, bound as i64, now, probe).await?;
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 let f = &mut *f;
                 if let Some(requests_generation) = generation
                     && read_ahead
-                    && all_due
+                    && f.claims_reset == reset
                 {
-                    f.caught_up.insert(target.uuid, CaughtUp { requests_generation, at: now });
+                    f.last_claims.insert(target.uuid, LastClaim { requests_generation, at: now, all_due, end });
                 }
                 let queue = f.ahead.entry(target.uuid).or_default();
                 let before = queue.len();
@@ -543,8 +622,8 @@ impl Engine {
             }
         }
         // A new list may serve webhooks differently (resumed, say): every
-        // webhook is claimed for again.
-        s.in_flight.lock().expect("in-flight lock").caught_up.clear();
+        // webhook is claimed for again, from the start.
+        s.in_flight.lock().expect("in-flight lock").forget_claims();
         let mut conn = s.db.read.acquire().await?;
         let targets = Arc::new(deliveries::targets(&mut conn).await?);
         let stamp = generation.map(|generation| ListStamp { generation, read_at: std::time::Instant::now() });
@@ -561,11 +640,11 @@ impl Engine {
     async fn claim(
         &self,
         target: &Arc<Target>,
-        limit: i64,
+        ask: Ask,
         bound: i64,
         now: chrono::DateTime<chrono::Utc>,
         probe: bool,
-    ) -> Result<(Vec<Due>, bool)> {
+    ) -> Result<Claimed> {
         let s = &self.shared;
         let lease = lease(s.config.timeout);
         match s.db.backend {
@@ -576,14 +655,13 @@ impl Engine {
             // runtime it held one of two workers for a millisecond or more).
             Backend::Sqlite => {
                 let (shared, target) = (self.shared.clone(), target.clone());
-                let claimed =
-                    s.db.read
-                        .run_long(move |conn| {
-                            Box::pin(async move {
-                                shared.claim_sqlite(conn, &target, limit, bound, now, probe, lease).await
-                            })
-                        })
-                        .await?;
+                let claimed = s
+                    .db
+                    .read
+                    .run_long(move |conn| {
+                        Box::pin(async move { shared.claim_sqlite(conn, &target, ask, bound, now, probe, lease).await })
+                    })
+                    .await?;
                 // The claim may have read a commit the syncer has not made
                 // durable yet: nothing it found is sent before it is.
                 s.db.committer.reads_settled().await;
@@ -599,7 +677,7 @@ impl Engine {
                         &mut conn,
                         Backend::Postgres,
                         target,
-                        limit,
+                        ask.fresh,
                         bound,
                         now,
                         probe,
@@ -612,7 +690,7 @@ impl Engine {
                 .await;
                 // A pooled connection must not go back inside a transaction.
                 conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
-                Ok((claimed?, false))
+                Ok(Claimed { due: claimed?.0, all_due: false, end: None })
             }
         }
     }
@@ -797,6 +875,7 @@ impl Engine {
                         })
                     })
                     .await;
+            let failed = written.is_err();
             match written {
                 Ok(r) => {
                     metrics::counter!(crate::metrics::RETRIES).increment(r.retries as u64);
@@ -830,7 +909,12 @@ impl Engine {
                     decrement(&mut f.unrecorded, &webhook);
                 }
                 for webhook in &unblocking {
-                    f.caught_up.remove(webhook);
+                    f.last_claims.remove(webhook);
+                }
+                if failed {
+                    // Those requests are due again, and claims may have
+                    // read past them while they were held.
+                    f.forget_claims();
                 }
             }
             metrics::gauge!(crate::metrics::IN_FLIGHT).set(self.in_flight_count() as f64);

@@ -131,7 +131,8 @@ impl Due {
 /// leases of every node count against `max_in_flight`, so the bound holds
 /// across nodes; run it in a transaction.
 ///
-/// With `from`, the claim starts at that position in claim order.
+/// With `from`, the claim starts at that position in claim order. Returns
+/// the claimed requests and the position of the last one.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,
@@ -144,7 +145,7 @@ pub async fn claim(
     lease: Duration,
     node: &str,
     from: Option<Position>,
-) -> Result<Vec<Due>> {
+) -> Result<(Vec<Due>, Option<Position>)> {
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
     if backend == Backend::Postgres {
@@ -158,7 +159,7 @@ pub async fn claim(
                 .fetch_optional(&mut *conn)
                 .await?;
         if status.is_none_or(|s| WebhookStatus::parse(&s) != target.status) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let leased: i64 = sql::query_scalar(
             "SELECT COUNT(*) FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
@@ -170,7 +171,7 @@ pub async fn claim(
         .await?;
         limit = limit.min(max_in_flight - leased);
         if limit <= 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
     }
     let ordered = ordered_clause(target);
@@ -189,7 +190,7 @@ pub async fn claim(
     };
     let text = format!(
         "SELECT r.uuid, r.account_uuid, r.event_uuid, r.event_type, r.entity_type, r.entity_uuid, r.entity_version, \
-         r.attempt_no, r.retry_no, e.body, e.created_at, {row} AS row FROM requests r \
+         r.attempt_no, r.retry_no, e.body, e.created_at, {row} AS row, r.send_at FROM requests r \
          JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
          AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered}{from} \
@@ -200,6 +201,10 @@ pub async fn claim(
         q = q.bind(from_send_at).bind(from_uuid);
     }
     let rows = q.fetch_all(&mut *conn).await?;
+    let end = match rows.last() {
+        Some(r) => Some(Position { send_at: r.try_get("send_at")?, uuid: uuid_col(r, "uuid")? }),
+        None => None,
+    };
     let due: Vec<Due> = rows
         .into_iter()
         .map(|mut r| {
@@ -239,7 +244,7 @@ pub async fn claim(
         }
         q.execute(conn).await?;
     }
-    Ok(due)
+    Ok((due, end))
 }
 
 /// With entity ordering, a request waits while an earlier event of the same
