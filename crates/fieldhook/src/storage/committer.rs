@@ -620,11 +620,11 @@ async fn run_batch(
     }
     // Consecutive rerunnable jobs share a savepoint, and any other job
     // between them ends the run: the next run copies again the pages the
-    // last one copied (under load, a result write landed among the creates
-    // of most batches). The jobs of a batch were sent concurrently — each
-    // caller awaits its own job before it sends another — so any order is
-    // one they could have committed in: rerunnable jobs go first (a stable
-    // sort), one run per batch.
+    // last one copied. Under an end-to-end load the delivery engine's result
+    // writes arrive among the creates. The jobs of a batch were sent
+    // concurrently — each caller awaits its own job before it sends another
+    // — so any order is one they could have committed in: rerunnable jobs
+    // go first (a stable sort), one run per batch.
     batch.sort_by_key(|job| !job.rerunnable());
     let mut failure: Option<SqlError> = None;
     // The rerunnable jobs run since the shared savepoint was taken, and
