@@ -525,7 +525,8 @@ impl Engine {
                 let held = f.unrecorded.get(&target.uuid).copied().unwrap_or(0);
                 let queued = f.ahead.get(&target.uuid).map_or(0, VecDeque::len);
                 let refill = read_ahead && s.needs_refill(&f, &target.uuid, now);
-                let resume = if read_ahead { s.resume_at(&f, &target, now) } else { None };
+                // Only a refill claims with a read-ahead's worth.
+                let resume = if refill { s.resume_at(&f, &target, now) } else { None };
                 (bound.saturating_sub(busy), held, queued, refill, f.claims_reset, resume)
             };
             // One probe at a time: not while the last one awaits its record.
