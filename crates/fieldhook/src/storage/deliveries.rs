@@ -450,27 +450,29 @@ async fn mark_sent(
         // a third more CPU with it. So one UPDATE per attempt.
         // By rowid where the claim or the fan-out knew it (the uuid is
         // still compared: a rowid can be reused once its row is deleted).
+        // No lease to clear: SQLite claims write none.
         macro_rules! mark_sent_where {
             ($condition:literal) => {
                 concat!(
                     "UPDATE requests SET status = 'sent', outcome = $2, sent_at = $3, request_time_ms = $4, \
                      http_response_code = $5, http_response_headers = $6, http_response_body = $7, \
-                     error_type = $8, error_description = $9, claimed_by = NULL, claimed_until = NULL \
-                     WHERE ",
+                     error_type = $8, error_description = $9 WHERE ",
                     $condition,
                     " AND status = 'scheduled'"
                 )
             };
         }
-        for (a, outcome) in attempts.iter_mut().zip(outcomes) {
-            let done = match a.due.row {
-                Some(row) => {
-                    let q = sql::query(mark_sent_where!("rowid = $10 AND uuid = $1"));
-                    bind_sent(q, a, outcome).bind(row).execute(&mut *conn).await?
-                }
-                None => bind_sent(sql::query(mark_sent_where!("uuid = $1")), a, outcome).execute(&mut *conn).await?,
-            };
-            if done.rows_affected() > 0 {
+        let queries = attempts
+            .iter_mut()
+            .zip(outcomes)
+            .map(|(a, outcome)| match a.due.row {
+                Some(row) => bind_sent(sql::query(mark_sent_where!("rowid = $10 AND uuid = $1")), a, outcome).bind(row),
+                None => bind_sent(sql::query(mark_sent_where!("uuid = $1")), a, outcome),
+            })
+            .collect();
+        let changed = sql::execute_each(conn, queries).await?;
+        for (a, changed) in attempts.iter().zip(changed) {
+            if changed > 0 {
                 marked.insert(a.due.request);
             }
         }

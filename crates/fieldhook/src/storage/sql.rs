@@ -728,21 +728,8 @@ impl rusqlite::ToSql for Value {
 fn sqlite_run(conn: &rusqlite::Connection, sql: &str, args: &[Value], rows: bool) -> SqlResult<(Vec<Row>, u64)> {
     use rusqlite::types::ValueRef;
     let mut stmt = conn.prepare_cached(sql)?;
-    for index in 1..=stmt.parameter_count() {
-        // `$N` is a named parameter to SQLite, numbered by first appearance;
-        // bind it by its number, as PostgreSQL does.
-        let position = stmt
-            .parameter_name(index)
-            .and_then(|name| name.strip_prefix('$').or_else(|| name.strip_prefix('?')))
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(index);
-        let value = args.get(position - 1).ok_or_else(|| SqlError::Database {
-            message: format!("parameter ${position} is not bound in {sql:?}"),
-            unique_violation: false,
-            constraint: None,
-        })?;
-        stmt.raw_bind_parameter(index, value)?;
-    }
+    let positions = parameter_positions(&stmt);
+    bind_all(&mut stmt, &positions, args, sql)?;
     let width = stmt.column_count();
     if width == 0 {
         let changed = stmt.raw_execute()?;
@@ -770,6 +757,69 @@ fn sqlite_run(conn: &rusqlite::Connection, sql: &str, args: &[Value], rows: bool
     }
     drop(cursor);
     Ok((out, conn.changes()))
+}
+
+/// For each parameter of `stmt`, in SQLite's order, the argument it takes.
+/// `$N` is a named parameter to SQLite, numbered by first appearance; it
+/// takes the N-th argument, as on PostgreSQL.
+fn parameter_positions(stmt: &rusqlite::Statement<'_>) -> Vec<usize> {
+    (1..=stmt.parameter_count())
+        .map(|index| {
+            stmt.parameter_name(index)
+                .and_then(|name| name.strip_prefix('$').or_else(|| name.strip_prefix('?')))
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(index)
+        })
+        .collect()
+}
+
+fn bind_all(stmt: &mut rusqlite::Statement<'_>, positions: &[usize], args: &[Value], sql: &str) -> SqlResult<()> {
+    for (index, position) in positions.iter().enumerate() {
+        let value = args.get(position - 1).ok_or_else(|| SqlError::Database {
+            message: format!("parameter ${position} is not bound in {sql:?}"),
+            unique_violation: false,
+            constraint: None,
+        })?;
+        stmt.raw_bind_parameter(index + 1, value)?;
+    }
+    Ok(())
+}
+
+/// Executes `queries` in order; returns the number of rows each changed.
+///
+/// On SQLite, consecutive queries with the same text share one prepared
+/// statement and one reading of its parameters. The writer records a
+/// batch of attempts with one `UPDATE` each, and taking the statement from
+/// the cache and giving it back, then naming its parameters, for every one
+/// of them was 3 % of a drain's CPU.
+///
+/// # Errors
+/// When the database refuses a statement; those before it have run.
+pub async fn execute_each(conn: &mut Conn, queries: Vec<Query<'_>>) -> SqlResult<Vec<u64>> {
+    let mut changed = Vec::with_capacity(queries.len());
+    match conn {
+        Conn::Sqlite(c) => {
+            let mut prepared: Option<(&str, rusqlite::CachedStatement<'_>, Vec<usize>)> = None;
+            for q in &queries {
+                if prepared.as_ref().is_none_or(|(sql, ..)| *sql != q.sql) {
+                    // The last one goes back to the cache first.
+                    drop(prepared.take());
+                    let stmt = c.prepare_cached(q.sql)?;
+                    let positions = parameter_positions(&stmt);
+                    prepared = Some((q.sql, stmt, positions));
+                }
+                let (_, stmt, positions) = prepared.as_mut().expect("prepared above");
+                bind_all(stmt, positions, &q.args, q.sql)?;
+                changed.push(stmt.raw_execute()? as u64);
+            }
+        }
+        Conn::Postgres(_) => {
+            for q in queries {
+                changed.push(q.execute(&mut *conn).await?.rows_affected());
+            }
+        }
+    }
+    Ok(changed)
 }
 
 fn pg_args(values: Vec<Value>) -> SqlResult<PgArguments> {
