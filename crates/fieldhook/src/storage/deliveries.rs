@@ -77,14 +77,15 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
 
 /// A request to make now.
 #[derive(Debug, Clone)]
+///
+/// It holds what an attempt needs, not the whole row: a retry copies the
+/// rest (account, event type, entity) from the request it follows
+/// ([`insert_retry`]), so that neither a claim nor the fan-out's hand-off
+/// makes four strings per request that only a failure would read.
 pub struct Due {
     pub request: Uuid,
     pub webhook: Uuid,
-    pub account: String,
     pub event_uuid: Uuid,
-    pub event_type: String,
-    pub entity_type: String,
-    pub entity_uuid: String,
     pub entity_version: i64,
     pub attempt_no: i64,
     pub retry_no: i64,
@@ -101,15 +102,11 @@ pub struct Due {
 impl Due {
     /// The first attempt of `event` for `webhook`: request `request`, just
     /// written by the fan-out.
-    pub fn first(request: Uuid, row: Option<i64>, webhook: Uuid, account: Uuid, event: &Event, body: Bytes) -> Self {
+    pub fn first(request: Uuid, row: Option<i64>, webhook: Uuid, event: &Event, body: Bytes) -> Self {
         Due {
             request,
             webhook,
-            account: account.to_string(),
             event_uuid: event.uuid,
-            event_type: event.event_type.name().to_string(),
-            entity_type: event.entity_type.to_string(),
-            entity_uuid: event.entity_uuid.to_string(),
             entity_version: event.entity_version,
             attempt_no: 1,
             retry_no: 0,
@@ -189,8 +186,7 @@ pub async fn claim(
         Backend::Postgres => "NULL",
     };
     let text = format!(
-        "SELECT r.uuid, r.account_uuid, r.event_uuid, r.event_type, r.entity_type, r.entity_uuid, r.entity_version, \
-         r.attempt_no, r.retry_no, e.body, e.created_at, {row} AS row, r.send_at FROM requests r \
+        "SELECT r.uuid, r.event_uuid, r.entity_version, r.attempt_no, r.retry_no, e.body, e.created_at, {row} AS row, r.send_at FROM requests r \
          JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
          AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered}{from} \
@@ -211,19 +207,11 @@ pub async fn claim(
             // The texts move out of the row rather than being copied: a
             // claim reads hundreds of rows.
             let body = Bytes::from(r.take_text("body")?);
-            let account = r.take_text("account_uuid")?;
-            let event_type = r.take_text("event_type")?;
-            let entity_type = r.take_text("entity_type")?;
-            let entity_uuid = r.take_text("entity_uuid")?;
             let r = &r;
             Ok(Due {
                 request: uuid_col(r, "uuid")?,
                 webhook: target.uuid,
-                account,
                 event_uuid: uuid_col(r, "event_uuid")?,
-                event_type,
-                entity_type,
-                entity_uuid,
                 entity_version: r.try_get("entity_version")?,
                 attempt_no: r.try_get("attempt_no")?,
                 retry_no: r.try_get("retry_no")?,
@@ -396,21 +384,7 @@ pub async fn record(
             (false, Some((retry_no, send_at))) => {
                 recorded.retries += 1;
                 let d = &a.due;
-                super::webhooks::NewRequest {
-                    account: &d.account,
-                    webhook: &d.webhook.to_string(),
-                    event_uuid: &d.event_uuid.to_string(),
-                    event_type: &d.event_type,
-                    entity_type: &d.entity_type,
-                    entity_uuid: &d.entity_uuid,
-                    entity_version: d.entity_version,
-                    attempt_no: d.attempt_no + 1,
-                    retry_no,
-                    send_at: to_micros(send_at),
-                    created_at: to_micros(now),
-                }
-                .insert(conn)
-                .await?;
+                insert_retry(conn, d.request, d.attempt_no + 1, retry_no, to_micros(send_at), to_micros(now)).await?;
             }
         }
         let entry = match streaks.iter_mut().find(|(w, _)| *w == a.due.webhook) {
@@ -426,6 +400,49 @@ pub async fn record(
         update_streak(conn, webhook, &results, policy, now).await?;
     }
     Ok(recorded)
+}
+
+/// The request that follows a failed attempt of `request`: the same event
+/// for the same webhook, copied from its row, due at `send_at`.
+async fn insert_retry(
+    conn: &mut Conn,
+    request: Uuid,
+    attempt_no: i64,
+    retry_no: i64,
+    send_at: i64,
+    created_at: i64,
+) -> Result<()> {
+    // Whether the entity-ordering index must hold it (migration 0006): on
+    // SQLite as the webhook's ordering is in this same transaction, as for
+    // any new request ([`super::webhooks::NewRequest`]); on PostgreSQL always.
+    macro_rules! insert_retry_with_entity_ordered {
+        ($entity_ordered:literal) => {
+            concat!(
+                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
+                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
+                 SELECT $1, r.account_uuid, r.webhook_uuid, r.event_uuid, r.event_type, r.entity_type, \
+                 r.entity_uuid, r.entity_version, $2, $3, 'scheduled', $4, $5, ",
+                $entity_ordered,
+                " FROM requests r WHERE r.uuid = $6"
+            )
+        };
+    }
+    let sql = match conn.backend() {
+        Backend::Sqlite => insert_retry_with_entity_ordered!(
+            "(SELECT CASE WHEN w.ordering = 'entity' THEN 1 ELSE 0 END FROM webhooks w WHERE w.uuid = r.webhook_uuid)"
+        ),
+        Backend::Postgres => insert_retry_with_entity_ordered!("1"),
+    };
+    sql::query(sql)
+        .bind(Uuid::now_v7().to_string())
+        .bind(attempt_no)
+        .bind(retry_no)
+        .bind(send_at)
+        .bind(created_at)
+        .bind(request.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Rows per statement of [`mark_sent`], largest first. A batch is split

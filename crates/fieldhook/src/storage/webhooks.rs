@@ -207,7 +207,7 @@ pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<us
         match WebhookStatus::parse(&sub.try_get::<String, _>("status")?) {
             WebhookStatus::Active if Ordering::parse(&sub.try_get::<String, _>("ordering")?) == Ordering::None => {
                 let body = body.get_or_insert_with(|| bytes::Bytes::from(event.body.clone())).clone();
-                handoff.offer(Due::first(request, row, uuid_col(sub, "uuid")?, account, event, body));
+                handoff.offer(Due::first(request, row, uuid_col(sub, "uuid")?, event, body));
             }
             WebhookStatus::Paused => handoff.unserved(),
             WebhookStatus::Active | WebhookStatus::Suspended => {}
