@@ -76,12 +76,12 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
 }
 
 /// A request to make now.
-#[derive(Debug, Clone)]
 ///
 /// It holds what an attempt needs, not the whole row: a retry copies the
 /// rest (account, event type, entity) from the request it follows
 /// ([`insert_retry`]), so that neither a claim nor the fan-out's hand-off
 /// makes four strings per request that only a failure would read.
+#[derive(Debug, Clone)]
 pub struct Due {
     pub request: Uuid,
     pub webhook: Uuid,
@@ -186,7 +186,8 @@ pub async fn claim(
         Backend::Postgres => "NULL",
     };
     let text = format!(
-        "SELECT r.uuid, r.event_uuid, r.entity_version, r.attempt_no, r.retry_no, e.body, e.created_at, {row} AS row, r.send_at FROM requests r \
+        "SELECT r.uuid, r.event_uuid, r.entity_version, r.attempt_no, r.retry_no, e.body, e.created_at, \
+         {row} AS row, r.send_at FROM requests r \
          JOIN events e ON e.uuid = r.event_uuid \
          WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
          AND (r.claimed_until IS NULL OR r.claimed_until < $2){ordered}{from} \
