@@ -218,6 +218,13 @@ async fn a_failing_receiver_is_retried_with_the_next_attempt_number(app: TestApp
     assert_eq!(codes, vec![json!(200), json!(500), json!(500)], "newest first");
     let numbers: Vec<_> = log.iter().map(|r| r["attempt_no"].clone()).collect();
     assert_eq!(numbers, vec![json!(3), json!(2), json!(1)]);
+    // A retry is the same event about the same resource as the attempt it
+    // follows (its row is copied from that attempt's).
+    assert_eq!(log[2]["event_type"], "client_created");
+    assert_eq!(log[2]["entity_type"], "client");
+    for key in ["event_uuid", "event_type", "entity_type", "entity_uuid", "entity_version"] {
+        assert!(log.iter().all(|r| r[key] == log[2][key]), "{key} differs between the attempts: {log:?}");
+    }
     // The retry was scheduled 15 s (± 10 %) after the first attempt.
     let at = |r: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap()).unwrap();
     let gap = (at(&log[1], "send_at") - at(&log[2], "sent_at")).num_milliseconds();
