@@ -413,15 +413,12 @@ async fn insert_retry(
     send_at: i64,
     created_at: i64,
 ) -> Result<()> {
-    // Whether the entity-ordering index must hold it (migration 0006): on
-    // SQLite as the webhook's ordering is in this same transaction, as for
-    // any new request ([`super::webhooks::NewRequest`]); on PostgreSQL always.
+    use super::webhooks::{insert_request_into, sqlite_entity_ordered};
     macro_rules! insert_retry_with_entity_ordered {
-        ($entity_ordered:literal) => {
+        ($entity_ordered:expr) => {
             concat!(
-                "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
-                 entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
-                 SELECT $1, r.account_uuid, r.webhook_uuid, r.event_uuid, r.event_type, r.entity_type, \
+                insert_request_into!(),
+                "SELECT $1, r.account_uuid, r.webhook_uuid, r.event_uuid, r.event_type, r.entity_type, \
                  r.entity_uuid, r.entity_version, $2, $3, 'scheduled', $4, $5, ",
                 $entity_ordered,
                 " FROM requests r WHERE r.uuid = $6"
@@ -429,9 +426,7 @@ async fn insert_retry(
         };
     }
     let sql = match conn.backend() {
-        Backend::Sqlite => insert_retry_with_entity_ordered!(
-            "(SELECT CASE WHEN w.ordering = 'entity' THEN 1 ELSE 0 END FROM webhooks w WHERE w.uuid = r.webhook_uuid)"
-        ),
+        Backend::Sqlite => insert_retry_with_entity_ordered!(sqlite_entity_ordered!("r.webhook_uuid")),
         Backend::Postgres => insert_retry_with_entity_ordered!("1"),
     };
     sql::query(sql)

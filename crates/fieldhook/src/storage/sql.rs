@@ -728,8 +728,10 @@ impl rusqlite::ToSql for Value {
 fn sqlite_run(conn: &rusqlite::Connection, sql: &str, args: &[Value], rows: bool) -> SqlResult<(Vec<Row>, u64)> {
     use rusqlite::types::ValueRef;
     let mut stmt = conn.prepare_cached(sql)?;
-    let positions = parameter_positions(&stmt);
-    bind_all(&mut stmt, &positions, args, sql)?;
+    for index in 1..=stmt.parameter_count() {
+        let position = parameter_position(&stmt, index);
+        bind_argument(&mut stmt, index, position, args, sql)?;
+    }
     let width = stmt.column_count();
     if width == 0 {
         let changed = stmt.raw_execute()?;
@@ -759,29 +761,29 @@ fn sqlite_run(conn: &rusqlite::Connection, sql: &str, args: &[Value], rows: bool
     Ok((out, conn.changes()))
 }
 
-/// For each parameter of `stmt`, in SQLite's order, the argument it takes.
-/// `$N` is a named parameter to SQLite, numbered by first appearance; it
-/// takes the N-th argument, as on PostgreSQL.
-fn parameter_positions(stmt: &rusqlite::Statement<'_>) -> Vec<usize> {
-    (1..=stmt.parameter_count())
-        .map(|index| {
-            stmt.parameter_name(index)
-                .and_then(|name| name.strip_prefix('$').or_else(|| name.strip_prefix('?')))
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(index)
-        })
-        .collect()
+/// The argument parameter `index` of `stmt` takes. `$N` is a named
+/// parameter to SQLite, numbered by first appearance; it takes the N-th
+/// argument, as on PostgreSQL.
+fn parameter_position(stmt: &rusqlite::Statement<'_>, index: usize) -> usize {
+    stmt.parameter_name(index)
+        .and_then(|name| name.strip_prefix('$').or_else(|| name.strip_prefix('?')))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(index)
 }
 
-fn bind_all(stmt: &mut rusqlite::Statement<'_>, positions: &[usize], args: &[Value], sql: &str) -> SqlResult<()> {
-    for (index, position) in positions.iter().enumerate() {
-        let value = args.get(position - 1).ok_or_else(|| SqlError::Database {
-            message: format!("parameter ${position} is not bound in {sql:?}"),
-            unique_violation: false,
-            constraint: None,
-        })?;
-        stmt.raw_bind_parameter(index + 1, value)?;
-    }
+fn bind_argument(
+    stmt: &mut rusqlite::Statement<'_>,
+    index: usize,
+    position: usize,
+    args: &[Value],
+    sql: &str,
+) -> SqlResult<()> {
+    let value = args.get(position - 1).ok_or_else(|| SqlError::Database {
+        message: format!("parameter ${position} is not bound in {sql:?}"),
+        unique_violation: false,
+        constraint: None,
+    })?;
+    stmt.raw_bind_parameter(index, value)?;
     Ok(())
 }
 
@@ -805,11 +807,13 @@ pub async fn execute_each(conn: &mut Conn, queries: Vec<Query<'_>>) -> SqlResult
                     // The last one goes back to the cache first.
                     drop(prepared.take());
                     let stmt = c.prepare_cached(q.sql)?;
-                    let positions = parameter_positions(&stmt);
+                    let positions = (1..=stmt.parameter_count()).map(|i| parameter_position(&stmt, i)).collect();
                     prepared = Some((q.sql, stmt, positions));
                 }
                 let (_, stmt, positions) = prepared.as_mut().expect("prepared above");
-                bind_all(stmt, positions, &q.args, q.sql)?;
+                for (i, &position) in positions.iter().enumerate() {
+                    bind_argument(stmt, i + 1, position, &q.args, q.sql)?;
+                }
                 changed.push(stmt.raw_execute()? as u64);
             }
         }

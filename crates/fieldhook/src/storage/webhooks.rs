@@ -233,27 +233,46 @@ pub(crate) struct NewRequest<'a> {
     pub created_at: i64,
 }
 
+/// The head of every insert of a request: the table and its columns, the
+/// last of them `entity_ordered` (see [`sqlite_entity_ordered`]).
+macro_rules! insert_request_into {
+    () => {
+        "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
+         entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) "
+    };
+}
+pub(crate) use insert_request_into;
+
+/// Whether the entity-ordering index must hold a new request (migration
+/// 0006), on SQLite: as its webhook's ordering is in this same transaction.
+/// `$webhook` is the SQL that gives the webhook's uuid. On PostgreSQL the
+/// index holds every request (the value is always 1).
+macro_rules! sqlite_entity_ordered {
+    ($webhook:literal) => {
+        concat!(
+            "(SELECT CASE WHEN w.ordering = 'entity' THEN 1 ELSE 0 END FROM webhooks w WHERE w.uuid = ",
+            $webhook,
+            ")"
+        )
+    };
+}
+pub(crate) use sqlite_entity_ordered;
+
 impl NewRequest<'_> {
     pub(crate) async fn insert(&self, conn: &mut Conn) -> Result<Uuid> {
         let uuid = Uuid::now_v7();
-        // The last column says whether the entity-ordering index must hold
-        // it (migration 0006): on SQLite as the webhook's ordering is in
-        // this same transaction; on PostgreSQL always.
         macro_rules! insert_with_entity_ordered {
-            ($entity_ordered:literal) => {
+            ($entity_ordered:expr) => {
                 concat!(
-                    "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, \
-                     entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12, ",
+                    insert_request_into!(),
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11, $12, ",
                     $entity_ordered,
                     ")"
                 )
             };
         }
         let sql = match conn.backend() {
-            Backend::Sqlite => insert_with_entity_ordered!(
-                "(SELECT CASE WHEN ordering = 'entity' THEN 1 ELSE 0 END FROM webhooks WHERE uuid = $3)"
-            ),
+            Backend::Sqlite => insert_with_entity_ordered!(sqlite_entity_ordered!("$3")),
             Backend::Postgres => insert_with_entity_ordered!("1"),
         };
         sql::query(sql)
