@@ -86,7 +86,8 @@ mod header {
     pub const ID: HeaderName = HeaderName::from_static("webhook-id");
 }
 
-/// Sent requests deleted per pruning transaction.
+/// Requests a pruning transaction looks at (and deletes, if they are old
+/// enough).
 const PRUNE_BATCH: u64 = 5000;
 
 /// Longest sleep between two looks at the queue, whatever the wake-ups say.
@@ -1105,33 +1106,46 @@ impl Engine {
         }
     }
 
-    /// Deletes one batch of sent requests older than the retention period;
-    /// returns how many went.
+    /// Deletes the sent requests older than the retention period, looking
+    /// at [`PRUNE_BATCH`] requests per transaction with `between` in
+    /// between; returns how many went.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn prune_once(&self) -> Result<u64> {
+    pub async fn prune_pass(&self, between: Duration) -> Result<u64> {
         let s = &self.shared;
         let before = s.clock.now() - chrono::TimeDelta::from_std(s.config.retention).unwrap_or_default();
-        s.db.committer
-            .write(move |conn| Box::pin(async move { deliveries::prune(conn, before, PRUNE_BATCH).await }))
-            .await
+        let mut after = String::new();
+        let mut deleted = 0;
+        loop {
+            let (gone, next) = s
+                .db
+                .committer
+                .write(move |conn| Box::pin(async move { deliveries::prune(conn, before, &after, PRUNE_BATCH).await }))
+                .await?;
+            deleted += gone;
+            match next {
+                Some(next) => after = next,
+                None => return Ok(deleted),
+            }
+            tokio::time::sleep(between).await;
+        }
     }
 
-    /// Prunes every minute, in batches so that a large backlog of old
+    /// Prunes every minute, in steps so that a large backlog of old
     /// requests never holds the writer for long.
     async fn prune_loop(&self, stop: CancellationToken) {
         loop {
-            let pause = match self.prune_once().await {
-                Ok(PRUNE_BATCH) => Duration::from_millis(100),
-                Ok(_) => Duration::from_secs(60),
-                Err(e) => {
-                    tracing::warn!(error = %e, "pruning sent requests failed");
-                    Duration::from_secs(60)
-                }
-            };
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                pruned = self.prune_pass(Duration::from_millis(100)) => {
+                    if let Err(e) = pruned {
+                        tracing::warn!(error = %e, "pruning sent requests failed");
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                 _ = stop.cancelled() => return,
             }
         }

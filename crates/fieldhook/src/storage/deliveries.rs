@@ -659,16 +659,53 @@ pub async fn release(conn: &mut Conn, node: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes sent requests older than `before` (retention); returns how many.
-pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: u64) -> Result<u64> {
-    let done = sql::query(
-        "DELETE FROM requests WHERE uuid IN (SELECT uuid FROM requests WHERE status = 'sent' AND sent_at < $1 LIMIT $2)",
+/// One step of pruning (retention): looks at up to `limit` requests
+/// after `after` in creation order (their uuid; "" starts at the oldest),
+/// and deletes those of them sent before `before`. Returns how many went
+/// and where the next step starts, or `None` once every request created
+/// before `before` has been looked at.
+///
+/// A request is sent after it was created, and a v7 uuid begins with its
+/// creation time, so requests sent before `before` all have uuids below the
+/// first uuid of that millisecond. Walking them through the primary key
+/// needs no index on the send time, which every recorded attempt would
+/// otherwise update. Each step looks at a bounded number of rows, so a
+/// large backlog of old requests still scheduled (a webhook suspended for
+/// months) never holds the writer for long; a pass looks at each of them
+/// once.
+pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, after: &str, limit: u64) -> Result<(u64, Option<String>)> {
+    let below = created_before(before);
+    let window = sql::query(
+        "SELECT MAX(uuid) AS last, COUNT(*) AS seen FROM \
+         (SELECT uuid FROM requests WHERE uuid > $1 AND uuid < $2 ORDER BY uuid LIMIT $3) AS w",
     )
-    .bind(to_micros(before))
+    .bind(after)
+    .bind(below.as_str())
     .bind(limit as i64)
-    .execute(conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(done.rows_affected())
+    let seen: i64 = window.try_get("seen")?;
+    let Some(last) = window.try_get::<Option<String>, _>("last")? else {
+        return Ok((0, None));
+    };
+    let deleted =
+        sql::query("DELETE FROM requests WHERE uuid > $1 AND uuid <= $2 AND status = 'sent' AND sent_at < $3")
+            .bind(after)
+            .bind(last.as_str())
+            .bind(to_micros(before))
+            .execute(conn)
+            .await?
+            .rows_affected();
+    let next = (seen as u64 == limit).then_some(last);
+    Ok((deleted, next))
+}
+
+/// The smallest v7 uuid of `at`'s millisecond, as text: every request
+/// created earlier has a smaller uuid (the text of a uuid sorts as its
+/// bytes do).
+fn created_before(at: DateTime<Utc>) -> String {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid().hyphenated().to_string()
 }
 
 /// Pending requests by state, and webhooks by status, for the gauges.

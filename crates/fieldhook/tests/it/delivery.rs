@@ -29,6 +29,7 @@ crate::on_both_backends!(
     the_test_event_and_deleting_a_webhook,
     webhook_urls_and_event_types_are_validated,
     sent_requests_are_pruned_after_the_retention_period,
+    pruning_steps_past_old_requests_still_scheduled,
     the_backlog_gauges_count_held_retrying_and_due_requests,
 );
 
@@ -114,12 +115,51 @@ async fn sent_requests_are_pruned_after_the_retention_period(app: TestApp) {
     app.create("clients", json!({"first_name": "A"})).await;
     app.wait_for_log(&hook, "a sent request", |l| l.len() == 1 && l[0]["status"] == "sent").await;
     let engine = app.engine.as_ref().unwrap();
-    assert_eq!(engine.prune_once().await.unwrap(), 0, "kept within the 30 days");
+    assert_eq!(engine.prune_pass(Duration::ZERO).await.unwrap(), 0, "kept within the 30 days");
     app.clock.advance(Duration::from_secs(29 * 86400));
-    assert_eq!(engine.prune_once().await.unwrap(), 0);
+    assert_eq!(engine.prune_pass(Duration::ZERO).await.unwrap(), 0);
     app.clock.advance(Duration::from_secs(2 * 86400));
-    assert_eq!(engine.prune_once().await.unwrap(), 1);
+    assert_eq!(engine.prune_pass(Duration::ZERO).await.unwrap(), 1);
     assert!(app.requests(&hook, None).await.is_empty());
+}
+
+/// Pruning walks the requests oldest first, a bounded number per step.
+/// Two old requests are kept: one still scheduled (its webhook is paused)
+/// and one created long ago but sent within the retention period; the walk
+/// goes on past them to the old sent ones.
+async fn pruning_steps_past_old_requests_still_scheduled(app: TestApp) {
+    use fieldhook::storage::deliveries;
+    let rx = Receiver::start().await;
+    let held = app.webhook(&rx.url, &["client_created"]).await;
+    let late = app.webhook(&rx.url, &["client_created"]).await;
+    for hook in [&held, &late] {
+        app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
+    }
+    app.create("clients", json!({"first_name": "held"})).await;
+    let sent = app.webhook(&rx.url, &["site_created"]).await;
+    for i in 0..3 {
+        app.create("sites", json!({"name": format!("s{i}")})).await;
+    }
+    app.wait_for_log(&sent, "three sent requests", |l| l.len() == 3 && l.iter().all(|r| r["status"] == "sent")).await;
+    app.clock.advance(Duration::from_secs(31 * 86400));
+    app.post(&format!("/v2/webhooks/{late}/resume"), json!({})).await;
+    app.wait_for_log(&late, "the late request sent", |l| l.len() == 1 && l[0]["status"] == "sent").await;
+
+    let before = fieldhook::clock::Clock::now(&app.clock) - chrono::TimeDelta::days(30);
+    let step = |after: String| {
+        app.db.committer.write(move |conn| Box::pin(async move { deliveries::prune(conn, before, &after, 2).await }))
+    };
+    // The two requests of the client's event: both kept.
+    let (gone, next) = step(String::new()).await.unwrap();
+    assert_eq!(gone, 0);
+    // Two of the sites' requests, then the last one, and the walk is over.
+    let (gone, next) = step(next.expect("a full step goes on")).await.unwrap();
+    assert_eq!(gone, 2);
+    let (gone, next) = step(next.expect("a full step goes on")).await.unwrap();
+    assert_eq!((gone, next), (1, None));
+    assert!(app.requests(&sent, None).await.is_empty());
+    assert_eq!(app.requests(&held, None).await[0]["status"], "scheduled");
+    assert_eq!(app.requests(&late, None).await[0]["status"], "sent");
 }
 
 fn settle() -> Duration {
