@@ -1,6 +1,6 @@
 //! Accounts, API keys, server settings and idempotency records.
 
-use super::sql::{self, Conn, Row};
+use super::sql::{self, Conn};
 use crate::clock::to_micros;
 use crate::domain::scope::Scopes;
 use crate::error::{Error, Result};
@@ -112,7 +112,7 @@ pub async fn authenticate(conn: &mut Conn, presented: &str) -> Result<Option<Pri
         return Ok(None);
     }
     Ok(Some(Principal {
-        account_uuid: uuid_col(&row, "account_uuid")?,
+        account_uuid: row.try_get("account_uuid")?,
         key_uuid,
         scopes: Scopes::from_stored(&row.try_get::<String, _>("scopes")?),
     }))
@@ -126,7 +126,7 @@ pub async fn live_key(conn: &mut Conn, key_uuid: Uuid) -> Result<Option<Principa
         .await?;
     row.map(|row| {
         Ok(Principal {
-            account_uuid: uuid_col(&row, "account_uuid")?,
+            account_uuid: row.try_get("account_uuid")?,
             key_uuid,
             scopes: Scopes::from_stored(&row.try_get::<String, _>("scopes")?),
         })
@@ -144,7 +144,7 @@ pub async fn list_keys(conn: &mut Conn, account: Uuid) -> Result<Vec<ApiKeyInfo>
     rows.iter()
         .map(|row| {
             Ok(ApiKeyInfo {
-                uuid: uuid_col(row, "uuid")?,
+                uuid: row.try_get("uuid")?,
                 name: row.try_get("name")?,
                 scopes: Scopes::from_stored(&row.try_get::<String, _>("scopes")?).names().map(str::to_string).collect(),
                 created_at: crate::clock::from_micros(row.try_get("created_at")?),
@@ -254,10 +254,4 @@ pub async fn idempotency_save(conn: &mut Conn, account: Uuid, key: &str, status:
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Reads a uuid stored as text.
-pub fn uuid_col(row: &Row, name: &str) -> Result<Uuid> {
-    let s: String = row.try_get(name)?;
-    Uuid::parse_str(&s).map_err(|e| Error::Internal(anyhow::anyhow!("bad uuid in column {name}: {e}")))
 }

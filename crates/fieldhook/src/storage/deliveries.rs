@@ -3,7 +3,6 @@
 //! webhook's failure streak) in one place.
 
 use super::Backend;
-use super::accounts::uuid_col;
 use super::sql::{self, Conn};
 use crate::clock::{from_micros, to_micros};
 use crate::delivery::sender::Endpoint;
@@ -62,13 +61,13 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
                 && r.try_get::<Option<i64>, _>("key_revoked")?.is_none();
             let url: String = r.try_get("url")?;
             Ok(Arc::new(Target {
-                uuid: uuid_col(r, "uuid")?,
+                uuid: r.try_get("uuid")?,
                 endpoint: Endpoint::parse(&url).map(Arc::new),
                 secret: r.try_get("secret")?,
                 signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
                 ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
                 status: WebhookStatus::parse(&r.try_get::<String, _>("status")?),
-                token_key: if key_live { Some(uuid_col(r, "created_by_key")?) } else { None },
+                token_key: if key_live { Some(r.try_get("created_by_key")?) } else { None },
                 next_probe_at: r.try_get::<Option<i64>, _>("next_probe_at")?.map(from_micros),
             }))
         })
@@ -199,7 +198,7 @@ pub async fn claim(
     }
     let rows = q.fetch_all(&mut *conn).await?;
     let end = match rows.last() {
-        Some(r) => Some(Position { send_at: r.try_get("send_at")?, uuid: uuid_col(r, "uuid")? }),
+        Some(r) => Some(Position { send_at: r.try_get("send_at")?, uuid: r.try_get("uuid")? }),
         None => None,
     };
     let due: Vec<Due> = rows
@@ -210,9 +209,9 @@ pub async fn claim(
             let body = Bytes::from(r.take_text("body")?);
             let r = &r;
             Ok(Due {
-                request: uuid_col(r, "uuid")?,
+                request: r.try_get("uuid")?,
                 webhook: target.uuid,
-                event_uuid: uuid_col(r, "event_uuid")?,
+                event_uuid: r.try_get("event_uuid")?,
                 entity_version: r.try_get("entity_version")?,
                 attempt_no: r.try_get("attempt_no")?,
                 retry_no: r.try_get("retry_no")?,
@@ -276,7 +275,7 @@ pub async fn due_positions(conn: &mut Conn, target: &Target, limit: i64, now: Da
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(|r| Ok(Position { send_at: r.try_get("send_at")?, uuid: uuid_col(r, "uuid")? })).collect()
+    rows.iter().map(|r| Ok(Position { send_at: r.try_get("send_at")?, uuid: r.try_get("uuid")? })).collect()
 }
 
 /// When the next scheduled request of an active webhook falls due, if any.
@@ -500,7 +499,7 @@ async fn mark_sent(
             q = bind_sent(q, a, outcome);
         }
         for row in q.fetch_all(&mut *conn).await? {
-            marked.insert(uuid_col(&row, "uuid")?);
+            marked.insert(row.try_get("uuid")?);
         }
         at += size;
     }

@@ -2,7 +2,6 @@
 //! through a hidden webhook of the account — the same outbox, engine,
 //! retries and request log as any webhook, so push is at-least-once too.
 
-use super::accounts::uuid_col;
 use super::people::{TEAMS, USERS};
 use super::sql::{self, Conn};
 use super::webhooks::insert_request;
@@ -127,8 +126,8 @@ pub async fn list(conn: &mut Conn, user: Uuid, after: Option<Uuid>, limit: i64) 
     rows.iter()
         .map(|r| {
             Ok(Notification {
-                uuid: uuid_col(r, "uuid")?,
-                job_uuid: uuid_col(r, "job_uuid")?,
+                uuid: r.try_get("uuid")?,
+                job_uuid: r.try_get("job_uuid")?,
                 kind: if r.try_get::<String, _>("kind")? == "rescheduled" {
                     NotificationKind::Rescheduled
                 } else {

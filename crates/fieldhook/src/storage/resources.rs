@@ -2,7 +2,6 @@
 //! document plus the columns lists filter on, and the generic create / save /
 //! remove that bump versions and write the outbox events with the change.
 
-use super::accounts::uuid_col;
 use super::events;
 use super::sql::{self, Conn, Query, SqlError};
 use crate::clock::to_micros;
@@ -356,5 +355,5 @@ pub async fn reference(
     .bind(account.to_string())
     .fetch_optional(conn)
     .await?;
-    row.map(|r| Ok((uuid_col(&r, "uuid")?, r.try_get("external_id")?, r.try_get("doc")?))).transpose()
+    row.map(|r| Ok((r.try_get("uuid")?, r.try_get("external_id")?, r.try_get("doc")?))).transpose()
 }

@@ -201,6 +201,16 @@ impl Decode for String {
     }
 }
 
+/// A uuid stored as text, parsed in place (a claim reads several per row).
+impl Decode for uuid::Uuid {
+    fn decode(value: &Value) -> std::result::Result<Self, String> {
+        match value {
+            Value::Text(s) => uuid::Uuid::parse_str(s).map_err(|e| format!("bad uuid: {e}")),
+            other => Err(format!("expected a uuid as text, found {other:?}")),
+        }
+    }
+}
+
 impl<T: Decode> Decode for Option<T> {
     fn decode(value: &Value) -> std::result::Result<Self, String> {
         match value {

@@ -2,7 +2,6 @@
 //! the request log as the API lists it.
 
 use super::Backend;
-use super::accounts::uuid_col;
 use super::deliveries::Due;
 use super::sql::{self, Conn, Row};
 use crate::clock::{from_micros, to_micros};
@@ -20,7 +19,7 @@ const WEBHOOK_COLUMNS: &str = "uuid, url, event_types, secret, signing_secret, o
 fn webhook_from_row(row: &Row) -> Result<Webhook> {
     let types: String = row.try_get("event_types")?;
     Ok(Webhook {
-        uuid: uuid_col(row, "uuid")?,
+        uuid: row.try_get("uuid")?,
         url: row.try_get("url")?,
         event_types: types.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect(),
         secret: row.try_get("secret")?,
@@ -207,7 +206,7 @@ pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<us
         match WebhookStatus::parse(&sub.try_get::<String, _>("status")?) {
             WebhookStatus::Active if Ordering::parse(&sub.try_get::<String, _>("ordering")?) == Ordering::None => {
                 let body = body.get_or_insert_with(|| bytes::Bytes::from(event.body.clone())).clone();
-                handoff.offer(Due::first(request, row, uuid_col(sub, "uuid")?, event, body));
+                handoff.offer(Due::first(request, row, sub.try_get("uuid")?, event, body));
             }
             WebhookStatus::Paused => handoff.unserved(),
             WebhookStatus::Active | WebhookStatus::Suspended => {}
@@ -401,11 +400,11 @@ const LOG_COLUMNS: &str = "r.uuid, r.event_uuid, r.event_type, r.entity_type, r.
 
 fn log_from_row(row: &Row) -> Result<RequestLog> {
     Ok(RequestLog {
-        uuid: uuid_col(row, "uuid")?,
-        event_uuid: uuid_col(row, "event_uuid")?,
+        uuid: row.try_get("uuid")?,
+        event_uuid: row.try_get("event_uuid")?,
         event_type: row.try_get("event_type")?,
         entity_type: row.try_get("entity_type")?,
-        entity_uuid: uuid_col(row, "entity_uuid")?,
+        entity_uuid: row.try_get("entity_uuid")?,
         entity_version: row.try_get("entity_version")?,
         attempt_no: row.try_get("attempt_no")?,
         status: row.try_get("status")?,
