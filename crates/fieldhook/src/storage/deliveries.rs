@@ -700,8 +700,9 @@ pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, after: &str, limit: u
 }
 
 /// The smallest v7 uuid of `at`'s millisecond, as text: every request
-/// created earlier has a smaller uuid (the text of a uuid sorts as its
-/// bytes do).
+/// created earlier has a smaller uuid. (Stored uuids all have one shape,
+/// lowercase hex with hyphens in the same places, so their texts sort in
+/// the order of their bytes under the C collation and the usual others.)
 fn created_before(at: DateTime<Utc>) -> String {
     let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
     uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid().hyphenated().to_string()
