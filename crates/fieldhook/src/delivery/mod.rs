@@ -863,7 +863,9 @@ impl Engine {
                     _ => break,
                 }
             }
-            let mut attempts = std::mem::take(&mut batch);
+            // A full-sized buffer stays behind: `take` left an empty one, and
+            // the next batch grew it again, copying attempts at each doubling.
+            let mut attempts = std::mem::replace(&mut batch, Vec::with_capacity(MAX_RESULT_BATCH));
             metrics::histogram!(crate::metrics::RESULT_BATCH).record(attempts.len() as f64);
             let finished: Vec<(Uuid, Uuid)> = attempts.iter().map(|a| (a.due.request, a.due.webhook)).collect();
             let policy = s.config.policy.clone();

@@ -194,8 +194,11 @@ impl Sender {
     }
 
     async fn exchange(&self, endpoint: &Endpoint, headers: HeaderMap, body: Bytes) -> Result<Answer, Failure> {
-        let mut request =
-            hyper::Request::post(endpoint.target.clone()).body(Full::new(body)).map_err(Failure::connection)?;
+        // Built in place rather than through `Request::builder`, whose
+        // fallible steps moved the request's parts five times per attempt.
+        let mut request = hyper::Request::new(Full::new(body));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = endpoint.target.clone();
         *request.headers_mut() = headers;
         request.headers_mut().insert(HOST, endpoint.host_header.clone());
         request.headers_mut().insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
@@ -204,7 +207,10 @@ impl Sender {
         let (conn, response) = loop {
             let (mut conn, reused) = match self.checkout(&endpoint.origin) {
                 Some(c) => (c, true),
-                None => (self.connect(endpoint).await?, false),
+                // Boxed: a TLS handshake's state is large, and unboxed it sat
+                // in every exchange's future, copied whole into its box per
+                // attempt, though a connection is made rarely.
+                None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             // A connection takes a request once its task has finished the
             // last exchange (or the handshake); one that closed meanwhile

@@ -510,7 +510,9 @@ async fn mark_sent(
 /// request, then its outcome and the answer.
 /// The answer's texts move into the statement: nothing reads them after.
 fn bind_sent<'q>(q: sql::Query<'q>, a: &mut Attempt, outcome: &'static str) -> sql::Query<'q> {
-    q.bind(a.due.request.to_string())
+    // Nine parameters, and SQLite's statement a tenth (the rowid).
+    q.reserve(10)
+        .bind(a.due.request.to_string())
         .bind(outcome)
         .bind(to_micros(a.sent_at))
         .bind(a.elapsed_ms)
