@@ -474,12 +474,17 @@ async fn mark_sent(
                 )
             };
         }
+        // Room for the parameters at once, the rowid included: bound one by
+        // one into an empty list, they grew it three times per statement.
         let queries = attempts
             .iter_mut()
             .zip(outcomes)
             .map(|(a, outcome)| match a.due.row {
-                Some(row) => bind_sent(sql::query(mark_sent_where!("rowid = $10 AND uuid = $1")), a, outcome).bind(row),
-                None => bind_sent(sql::query(mark_sent_where!("uuid = $1")), a, outcome),
+                Some(row) => {
+                    let q = sql::query(mark_sent_where!("rowid = $10 AND uuid = $1")).reserve(SENT_PARAMS + 1);
+                    bind_sent(q, a, outcome).bind(row)
+                }
+                None => bind_sent(sql::query(mark_sent_where!("uuid = $1")).reserve(SENT_PARAMS), a, outcome),
             })
             .collect();
         let changed = sql::execute_each(conn, queries).await?;
@@ -494,7 +499,7 @@ async fn mark_sent(
     while at < attempts.len() {
         let left = attempts.len() - at;
         let (size, text) = mark_statements().iter().find(|(n, _)| *n <= left).expect("chunks end with 1");
-        let mut q = sql::query(text);
+        let mut q = sql::query(text).reserve(size * SENT_PARAMS);
         for (a, outcome) in attempts[at..at + size].iter_mut().zip(&outcomes[at..at + size]) {
             q = bind_sent(q, a, outcome);
         }
@@ -506,13 +511,14 @@ async fn mark_sent(
     Ok(marked)
 }
 
+/// How many parameters [`bind_sent`] binds per attempt.
+const SENT_PARAMS: usize = 9;
+
 /// Binds what [`mark_sent`] writes of one attempt, in column order: the
 /// request, then its outcome and the answer.
 /// The answer's texts move into the statement: nothing reads them after.
 fn bind_sent<'q>(q: sql::Query<'q>, a: &mut Attempt, outcome: &'static str) -> sql::Query<'q> {
-    // Nine parameters, and SQLite's statement a tenth (the rowid).
-    q.reserve(10)
-        .bind(a.due.request.to_string())
+    q.bind(a.due.request.to_string())
         .bind(outcome)
         .bind(to_micros(a.sent_at))
         .bind(a.elapsed_ms)
@@ -533,7 +539,8 @@ fn mark_statements() -> &'static [(usize, String)] {
             .map(|&size| {
                 let rows: Vec<String> = (0..size)
                     .map(|i| {
-                        let casts = ["TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT"];
+                        let casts: [&str; SENT_PARAMS] =
+                            ["TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT"];
                         let values: Vec<String> = casts
                             .iter()
                             .enumerate()

@@ -636,8 +636,8 @@ impl<'q> Query<'q> {
         self
     }
 
-    /// Makes room for `more` parameters at once, for a statement built per
-    /// attempt (binding one by one grew the list three times per statement).
+    /// Makes room for `more` parameters at once, for a statement whose
+    /// parameter count is known before it is bound.
     pub fn reserve(mut self, more: usize) -> Self {
         self.args.reserve(more);
         self
