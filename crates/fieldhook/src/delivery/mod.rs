@@ -671,25 +671,26 @@ impl Engine {
             }
             Backend::Postgres => {
                 let mut conn = s.db.read.acquire().await?;
-                conn.execute_raw("BEGIN").await?;
-                let claimed = async {
-                    // A claim lost in a crash only means a resend: no fsync needed.
-                    conn.execute_raw("SET LOCAL synchronous_commit = off").await?;
-                    deliveries::claim(
-                        &mut conn,
-                        Backend::Postgres,
-                        target,
-                        ask.fresh,
-                        bound,
-                        now,
-                        probe,
-                        lease,
-                        &s.node,
-                        None,
-                    )
-                    .await
-                }
-                .await;
+                // A claim lost in a crash only means a resend: no fsync
+                // needed. (One simple query, one round trip.)
+                let claimed = match conn.execute_raw("BEGIN; SET LOCAL synchronous_commit = off").await {
+                    Ok(()) => {
+                        deliveries::claim(
+                            &mut conn,
+                            Backend::Postgres,
+                            target,
+                            ask.fresh,
+                            bound,
+                            now,
+                            probe,
+                            lease,
+                            &s.node,
+                            None,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e.into()),
+                };
                 // A pooled connection must not go back inside a transaction.
                 conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
                 Ok(Claimed { due: claimed?.0, all_due: false, end: None })
