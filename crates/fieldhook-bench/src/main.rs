@@ -49,6 +49,10 @@ struct Args {
     /// Run only the memory phase (peak RSS with `--pending` requests).
     #[arg(long)]
     memory_only: bool,
+    /// Measure the ceiling, then PostgreSQL only (with `--postgres`), for
+    /// profiling it: the SQLite phases are skipped.
+    #[arg(long, requires = "postgres")]
+    postgres_only: bool,
     /// The phases to run, for profiling one at a time (the ceiling always
     /// runs, as the ratios need it).
     #[arg(long, value_delimiter = ',', default_value = "api,drain,e2e,latency,memory")]
@@ -854,7 +858,9 @@ async fn main() -> anyhow::Result<()> {
         rows.push(row("loopback", "reqwest keep-alive client", with_reqwest, "posts/s", Some(ceiling), ""));
         rows.push(row("loopback", "hyper keep-alive connections", with_hyper, "posts/s", Some(ceiling), ""));
         let file = dir.path().join(format!("bench-{run}.db"));
-        measure(&args, "sqlite", &format!("sqlite://{}", file.display()), ceiling, &mut rows).await?;
+        if !args.postgres_only {
+            measure(&args, "sqlite", &format!("sqlite://{}", file.display()), ceiling, &mut rows).await?;
+        }
         // Each run starts from an empty database; the last one's is not
         // needed any more (it holds hundreds of thousands of rows).
         for suffix in ["", "-wal", "-shm"] {
@@ -863,7 +869,7 @@ async fn main() -> anyhow::Result<()> {
         runs.push(rows);
     }
     let mut rows = median_rows(&runs);
-    if args.memory_only || args.phases.contains(&Phase::Memory) {
+    if args.memory_only || (args.phases.contains(&Phase::Memory) && !args.postgres_only) {
         let mem_db = format!("sqlite://{}", dir.path().join("memory.db").display());
         memory(&args, "sqlite", &mem_db, &mut rows).await?;
     }

@@ -431,14 +431,12 @@ pub struct Engine {
 
 /// What one dispatch step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dispatched {
+pub struct Dispatched {
     /// This many requests were claimed and are being sent.
-    Started(usize),
-    /// Due work waits for a slot: a POST or a record under way will free
-    /// one, and its end wakes the loop.
-    Waiting,
-    /// Nothing is due.
-    Idle,
+    pub started: usize,
+    /// Due work may be left waiting for a slot: a POST or a record under
+    /// way will free one, and its end wakes the loop.
+    pub waiting: bool,
 }
 
 impl Engine {
@@ -547,6 +545,11 @@ impl Engine {
                     Backend::Postgres => Ask { fresh: room as i64, held: 0, resume: None },
                 };
                 let Claimed { due: claimed, all_due, end } = self.claim(&target, ask, bound as i64, now, probe).await?;
+                // A claim that filled the room may have left due requests
+                // behind. (With a read-ahead, the queue says so below.)
+                if !read_ahead && claimed.len() as i64 >= ask.fresh {
+                    waiting = true;
+                }
                 let mut f = s.in_flight.lock().expect("in-flight lock");
                 let f = &mut *f;
                 if let Some(requests_generation) = generation
@@ -600,11 +603,7 @@ impl Engine {
                 tokio::spawn(async move { engine.send(due, target, probe, chain).await });
             }
         }
-        Ok(match (started, waiting) {
-            (0, false) => Dispatched::Idle,
-            (0, true) => Dispatched::Waiting,
-            (n, _) => Dispatched::Started(n),
-        })
+        Ok(Dispatched { started, waiting })
     }
 
     /// The webhooks to serve. On SQLite every change to webhooks or keys
@@ -671,29 +670,20 @@ impl Engine {
             }
             Backend::Postgres => {
                 let mut conn = s.db.read.acquire().await?;
-                // A claim lost in a crash only means a resend: no fsync
-                // needed. (One simple query, one round trip.)
-                let claimed = match conn.execute_raw("BEGIN; SET LOCAL synchronous_commit = off").await {
-                    Ok(()) => {
-                        deliveries::claim(
-                            &mut conn,
-                            Backend::Postgres,
-                            target,
-                            ask.fresh,
-                            bound,
-                            now,
-                            probe,
-                            lease,
-                            &s.node,
-                            None,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                // A pooled connection must not go back inside a transaction.
-                conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
-                Ok(Claimed { due: claimed?.0, all_due: false, end: None })
+                let (due, _) = deliveries::claim(
+                    &mut conn,
+                    Backend::Postgres,
+                    target,
+                    ask.fresh,
+                    bound,
+                    now,
+                    probe,
+                    lease,
+                    &s.node,
+                    None,
+                )
+                .await?;
+                Ok(Claimed { due, all_due: false, end: None })
             }
         }
     }
@@ -973,20 +963,25 @@ impl Engine {
             // Having started sends is no reason to look again at once: what
             // a pass leaves behind waits for a slot (its end wakes the loop),
             // and anything newer comes with a commit (which does).
-            let waiting = match self.dispatch().await {
-                Ok(Dispatched::Started(_) | Dispatched::Waiting) => true,
-                Ok(Dispatched::Idle) => false,
+            let (busy, waiting) = match self.dispatch().await {
+                Ok(d) => (d.started > 0 || d.waiting, d.waiting),
                 Err(e) => {
                     tracing::error!(error = %e, "dispatching deliveries failed");
-                    false
+                    (false, false)
                 }
             };
+            // A freed slot calls for a pass only while due work waits for
+            // one, or (SQLite) when it brings a hand-off. On PostgreSQL
+            // every POST's end woke a pass of several round trips that
+            // mostly found nothing; what comes due meanwhile comes with a
+            // commit, which wakes the loop itself.
+            let freed_matters = waiting || handing_over;
             // A busy webhook ends a pass with every POST that finishes, so
             // while work waits for slots the time of the next retry (for
             // other webhooks) is read at most every LOOK_AGAIN, not per pass.
             let remembered = next_due.and_then(|(read_at, pause)| {
                 let since = read_at.elapsed();
-                (waiting && since < LOOK_AGAIN && since < pause).then(|| pause - since)
+                (busy && since < LOOK_AGAIN && since < pause).then(|| pause - since)
             });
             let pause = match remembered {
                 Some(pause) => pause,
@@ -999,7 +994,7 @@ impl Engine {
             tokio::select! {
                 _ = committed => {}
                 _ = woken => {}
-                _ = freed => {}
+                _ = freed, if freed_matters => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.cancelled() => {}
             }
@@ -1041,11 +1036,14 @@ impl Engine {
         }
     }
 
-    /// PostgreSQL: wakes this node whenever any node commits (new events,
-    /// recorded results). A lost notification only costs latency: the loop
-    /// also polls.
+    /// PostgreSQL: wakes this node whenever another node commits (new
+    /// events, recorded results). This node's own commits wake it through
+    /// the committer; their notifications, which come back here too, are
+    /// skipped (each woke a second dispatch pass). A lost notification only
+    /// costs latency: the loop also polls.
     async fn listen(&self, stop: CancellationToken) {
         let url = self.shared.db.url.clone();
+        let own = self.shared.db.committer.wake_payload().map(str::to_owned);
         while !stop.is_cancelled() {
             match sqlx::postgres::PgListener::connect(&url).await {
                 Ok(mut listener) => {
@@ -1055,6 +1053,7 @@ impl Engine {
                         loop {
                             tokio::select! {
                                 n = listener.try_recv() => match n {
+                                    Ok(Some(n)) if own.as_deref() == Some(n.payload()) => {}
                                     Ok(Some(_)) => self.wake(),
                                     // The connection dropped: notifications
                                     // may have been lost, so look now.

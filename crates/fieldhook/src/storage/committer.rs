@@ -162,6 +162,10 @@ pub struct Committer {
     /// (committed and synced, or rolled back): see [`Committer::reads_settled`].
     begun: Option<Arc<AtomicU64>>,
     durable: Option<watch::Receiver<u64>>,
+    /// PostgreSQL: the payload of this committer's wake-up notifications,
+    /// unique to it, so that this node's listener can skip its own (the
+    /// engine hears of this node's commits through `committed`).
+    wake_payload: Option<Arc<str>>,
 }
 
 /// Takes the fresh requests of a committed transaction (SQLite); says
@@ -199,6 +203,7 @@ impl Committer {
             sink: Some(writer.sink.clone()),
             begun: Some(writer.begun.clone()),
             durable: Some(durable),
+            wake_payload: None,
         };
         let syncer = Syncer::start(&conn, path, writer.clone());
         std::thread::Builder::new()
@@ -213,11 +218,14 @@ impl Committer {
 
     /// Starts the committer on a dedicated connection of `pool`. Every
     /// commit also sends `NOTIFY <channel>`, so that the workers of other
-    /// nodes wake at once.
+    /// nodes wake at once; its payload is [`Committer::wake_payload`].
     pub fn start_postgres(pool: PgPool, channel: &'static str) -> Self {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(MAX_BATCH * 8);
         let committed = Arc::new(Notify::new());
-        tokio::spawn(run_postgres(pool, rx, committed.clone(), channel));
+        let payload: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        // Sent with the COMMIT, in one simple query: one round trip.
+        let commit = format!("NOTIFY {channel}, '{payload}'; COMMIT");
+        tokio::spawn(run_postgres(pool, rx, committed.clone(), commit));
         Self {
             tx,
             committed,
@@ -226,7 +234,14 @@ impl Committer {
             sink: None,
             begun: None,
             durable: None,
+            wake_payload: Some(payload),
         }
+    }
+
+    /// PostgreSQL: the payload of the wake-up notifications this committer
+    /// sends.
+    pub fn wake_payload(&self) -> Option<&str> {
+        self.wake_payload.as_deref()
     }
 
     /// How many commits so far changed webhooks or API keys (SQLite); `None`
@@ -386,7 +401,7 @@ fn run_sqlite(mut conn: Conn, mut rx: mpsc::Receiver<Box<dyn Job>>, writer: &Wri
         }
         writer.begun.store(number, Ordering::Release);
         let mut jobs = Vec::with_capacity(batch.len());
-        let ended = futures::executor::block_on(run_batch(&mut conn, &mut batch, None, &mut jobs));
+        let ended = futures::executor::block_on(run_batch(&mut conn, &mut batch, "COMMIT", &mut jobs));
         let handed = conn.handoff().map(|h| h.take()).unwrap_or_default();
         if let Some(e) = &ended.failure {
             tracing::error!(error = %e, "group commit failed");
@@ -551,12 +566,7 @@ fn settle_sqlite(ran: Ran, writer: &Writer) {
     }
 }
 
-async fn run_postgres(
-    pool: PgPool,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
-    committed: Arc<Notify>,
-    channel: &'static str,
-) {
+async fn run_postgres(pool: PgPool, mut rx: mpsc::Receiver<Box<dyn Job>>, committed: Arc<Notify>, commit: String) {
     let mut conn: Option<Conn> = None;
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -576,7 +586,7 @@ async fn run_postgres(
             },
         };
         let mut jobs = Vec::with_capacity(batch.len());
-        let ended = run_batch(c, &mut batch, Some(channel), &mut jobs).await;
+        let ended = run_batch(c, &mut batch, &commit, &mut jobs).await;
         if ended.committed {
             committed.notify_waiters();
         }
@@ -595,7 +605,8 @@ async fn run_postgres(
 
 /// Runs one batch in one transaction; says how it ended, and moves the
 /// jobs to `answers`, to be answered with its verdict (the caller answers,
-/// once the transaction's fate is final).
+/// once the transaction's fate is final). `commit` is the statement that
+/// ends it well.
 ///
 /// Each job runs in a savepoint, so that a failing one rolls back only
 /// itself; consecutive rerunnable jobs share one ("a run"), and when one of
@@ -603,7 +614,7 @@ async fn run_postgres(
 async fn run_batch(
     conn: &mut Conn,
     batch: &mut Vec<Box<dyn Job>>,
-    notify: Option<&'static str>,
+    commit: &str,
     answers: &mut Vec<Box<dyn Job>>,
 ) -> Ended {
     let single = batch.len() == 1;
@@ -693,18 +704,14 @@ async fn run_batch(
         failure = Some(e);
     }
     answers.append(&mut run);
-    if failure.is_none()
-        && let Some(channel) = notify
-        && let Err(e) = conn.execute_raw(&format!("NOTIFY {channel}")).await
-    {
-        failure = Some(e);
-    }
     let result = match failure {
         Some(e) => {
             let _ = conn.execute_raw("ROLLBACK").await;
             Err(Arc::new(e))
         }
-        None => conn.execute_raw("COMMIT").await.map_err(Arc::new),
+        // (PostgreSQL's COMMIT comes with a NOTIFY: should that fail, the
+        // transaction is left aborted, and the connection is dropped.)
+        None => conn.execute_raw(commit).await.map_err(Arc::new),
     };
     if result.is_err() {
         conn.undo_handoffs(Mark::default());

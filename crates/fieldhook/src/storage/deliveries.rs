@@ -123,25 +123,19 @@ impl Due {
 /// still pending for this webhook. A `probe` takes the oldest pending
 /// request whether it is due or not.
 ///
-/// On PostgreSQL the webhook row is locked for the claim, and the claim
-/// takes at most what the bound leaves: `limit`, which the caller has
-/// made what this node's POSTs under way leave of `max_in_flight`, less
-/// the live leases of the other nodes; run it in a transaction. This
-/// node's other leases are not counted: they are requests whose POST has
-/// ended and whose result waits for the next batch to be written, and
-/// counting them held a drain to `max_in_flight` requests per round of
-/// claim, POST and recorded result (docs/benchmarks.md, fifteenth round).
-/// The bound holds across nodes all the same: a node's POSTs never exceed
-/// its leases, and a claim leaves room for every lease of the others.
+/// On PostgreSQL the claim is a transaction of its own ([`claim_leased`]),
+/// and takes at most what the in-flight bound leaves: `limit`, which the
+/// caller has made what this node's POSTs under way leave of
+/// `max_in_flight`, less the live leases of the other nodes.
 ///
-/// With `from`, the claim starts at that position in claim order. Returns
-/// the claimed requests and the position of the last one.
+/// With `from` (SQLite), the claim starts at that position in claim order.
+/// Returns the claimed requests and the position of the last one.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,
     backend: Backend,
     target: &Target,
-    mut limit: i64,
+    limit: i64,
     max_in_flight: i64,
     now: DateTime<Utc>,
     probe: bool,
@@ -151,81 +145,125 @@ pub async fn claim(
 ) -> Result<(Vec<Due>, Option<Position>)> {
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
-    if backend == Backend::Postgres {
-        // The row lock orders this claim with a pause, a resume or a
-        // removal of the webhook, and its status is read again under it:
-        // the list `target` came from may predate a pause that has been
-        // acknowledged since, and nothing is sent after that (webhooks.md).
-        // `NO KEY UPDATE`, the lock those changes take, and not `UPDATE`:
-        // every request a transaction inserts takes a key-share lock on its
-        // webhook's row (the foreign key) until it commits, and `FOR UPDATE`
-        // waited for each group commit of new events (docs/benchmarks.md,
-        // fifteenth round).
-        let status: Option<String> =
-            sql::query_scalar("SELECT status FROM webhooks WHERE uuid = $1 AND removed = 0 FOR NO KEY UPDATE")
-                .bind(target.uuid.to_string())
-                .fetch_optional(&mut *conn)
-                .await?;
-        if status.is_none_or(|s| WebhookStatus::parse(&s) != target.status) {
-            return Ok((Vec::new(), None));
-        }
-        let leased_by_others: i64 = sql::query_scalar(
-            "SELECT COUNT(*) FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
-             AND claimed_until IS NOT NULL AND claimed_until >= $2 AND claimed_by <> $3",
-        )
-        .bind(target.uuid.to_string())
-        .bind(now_us)
-        .bind(node)
-        .fetch_one(&mut *conn)
-        .await?;
-        limit = limit.min(max_in_flight) - leased_by_others;
-        if limit <= 0 {
-            return Ok((Vec::new(), None));
-        }
-    }
     let ordered = ordered_clause(target);
-    // From a position in claim order (SQLite: see `due_positions`).
+    if backend == Backend::Postgres {
+        let until = to_micros(now + chrono::TimeDelta::from_std(lease).unwrap_or_default());
+        let claimed = claim_leased(conn, target, [limit, max_in_flight, now_us, due_by, until], node, ordered).await?;
+        return Ok((claimed, None));
+    }
+    // From a position in claim order (see `due_positions`).
     let (from, from_send_at, from_uuid) = match from {
         Some(p) => (" AND (r.send_at, r.uuid) >= ($5, $6)", p.send_at, p.uuid.to_string()),
         None => ("", 0, String::new()),
     };
-    let due_now = "r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
-         AND (r.claimed_until IS NULL OR r.claimed_until < $2)";
-    let text = match backend {
-        Backend::Sqlite => format!(
-            "SELECT r.uuid, r.event_uuid, r.entity_version, r.attempt_no, r.retry_no, e.body, e.created_at, \
-             r.rowid AS row, r.send_at FROM requests r JOIN events e ON e.uuid = r.event_uuid \
-             WHERE {due_now}{ordered}{from} ORDER BY r.send_at, r.uuid LIMIT $3"
-        ),
-        // The rows are picked, leased and read in one statement: a round
-        // trip fewer per claim than a SELECT … FOR UPDATE and an UPDATE.
-        Backend::Postgres => format!(
-            "WITH picked AS (SELECT r.uuid FROM requests r WHERE {due_now}{ordered} \
-             ORDER BY r.send_at, r.uuid LIMIT $3 FOR UPDATE OF r SKIP LOCKED), \
-             leased AS (UPDATE requests q SET claimed_by = $5, claimed_until = $6 FROM picked \
-             WHERE q.uuid = picked.uuid \
-             RETURNING q.uuid, q.event_uuid, q.entity_version, q.attempt_no, q.retry_no, q.send_at) \
-             SELECT l.uuid, l.event_uuid, l.entity_version, l.attempt_no, l.retry_no, e.body, e.created_at, \
-             NULL AS row, l.send_at FROM leased l JOIN events e ON e.uuid = l.event_uuid \
-             ORDER BY l.send_at, l.uuid"
-        ),
-    };
+    let text = format!(
+        "SELECT r.uuid, r.event_uuid, r.entity_version, r.attempt_no, r.retry_no, e.body, e.created_at, \
+         r.rowid AS row, r.send_at FROM requests r JOIN events e ON e.uuid = r.event_uuid \
+         WHERE {DUE_NOW}{ordered}{from} ORDER BY r.send_at, r.uuid LIMIT $3"
+    );
     let mut q = sql::query(&text).bind(target.uuid.to_string()).bind(now_us).bind(limit).bind(due_by);
-    match backend {
-        Backend::Sqlite if !from.is_empty() => q = q.bind(from_send_at).bind(from_uuid),
-        Backend::Sqlite => {}
-        Backend::Postgres => {
-            let until = to_micros(now + chrono::TimeDelta::from_std(lease).unwrap_or_default());
-            q = q.bind(node).bind(until);
-        }
+    if !from.is_empty() {
+        q = q.bind(from_send_at).bind(from_uuid);
     }
     let rows = q.fetch_all(&mut *conn).await?;
     let end = match rows.last() {
         Some(r) => Some(Position { send_at: r.try_get("send_at")?, uuid: r.try_get("uuid")? }),
         None => None,
     };
-    let due: Vec<Due> = rows
-        .into_iter()
+    Ok((dues(rows, target)?, end))
+}
+
+/// Due now and not leased: `$1` the webhook, `$2` now, `$4` the latest
+/// `send_at` to take (now, or any for a probe).
+const DUE_NOW: &str = "r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
+     AND (r.claimed_until IS NULL OR r.claimed_until < $2)";
+
+/// PostgreSQL's claim, in three round trips: the webhook's row is locked,
+/// then one statement checks its status, counts the other nodes' leases,
+/// and picks, leases and reads the requests; then the commit.
+///
+/// The row lock orders this claim with a pause, a resume or a removal of
+/// the webhook, and with the other nodes' claims for it. The status is read
+/// again under it: the list `target` came from may predate a pause that has
+/// been acknowledged since, and nothing is sent after that (webhooks.md).
+/// The lock is taken by a statement of its own, so that the next one
+/// starts with a snapshot that sees every commit made before the lock was
+/// granted: a pause, and the leases of a claim this one waited for. It is
+/// `NO KEY UPDATE`, the lock those changes themselves take, not `UPDATE`:
+/// every request a transaction inserts holds a key-share lock on its
+/// webhook's row (the foreign key) until it commits, and `FOR UPDATE`
+/// waited for each group commit of new events (docs/benchmarks.md,
+/// fifteenth round).
+///
+/// This node's own leases are not counted against the bound: they are
+/// requests whose POST has ended and whose result waits for the next batch
+/// to be written, and counting them held a drain to `max_in_flight`
+/// requests per round of claim, POST and recorded result (fifteenth
+/// round). The bound holds across nodes all the same: a node's POSTs never
+/// exceed its leases, and a claim leaves room for every lease of the
+/// others. A claim lost in a crash only means a resend, so it commits
+/// without waiting for the disk.
+///
+/// `numbers` are the limit, `max_in_flight`, now, the latest `send_at` to
+/// take and the lease's end.
+async fn claim_leased(
+    conn: &mut Conn,
+    target: &Target,
+    numbers: [i64; 5],
+    node: &str,
+    ordered: &str,
+) -> Result<Vec<Due>> {
+    let [limit, max_in_flight, now_us, due_by, until] = numbers;
+    // One simple query, one round trip. The uuid is this server's own
+    // value, printed, not text from a request. The claim statement is
+    // planned once per connection (a generic plan) rather than at every
+    // run: PostgreSQL otherwise plans a prepared statement's first five
+    // runs and often keeps doing so, and planning this one took 0.4–0.9 ms
+    // of a claim's ~1.5 ms here (docs/benchmarks.md, sixteenth round). No
+    // literal in it would make a better plan: its limit is a subquery, and
+    // the claim index serves any webhook and time.
+    let begin = format!(
+        "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan; \
+         SELECT 1 FROM webhooks WHERE uuid = '{}' FOR NO KEY UPDATE",
+        target.uuid
+    );
+    if let Err(e) = conn.execute_raw(&begin).await {
+        // A pooled connection must not go back inside a transaction.
+        let _ = conn.execute_raw("ROLLBACK").await;
+        return Err(e.into());
+    }
+    let text = format!(
+        "WITH live AS (SELECT 1 FROM webhooks WHERE uuid = $1 AND removed = 0 AND status = $7), \
+         others AS (SELECT COUNT(*) AS n FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
+         AND claimed_until IS NOT NULL AND claimed_until >= $2 AND claimed_by <> $5), \
+         picked AS (SELECT r.uuid FROM requests r WHERE EXISTS (SELECT 1 FROM live) AND {DUE_NOW}{ordered} \
+         ORDER BY r.send_at, r.uuid LIMIT GREATEST(LEAST($3, $8) - (SELECT n FROM others), 0) \
+         FOR UPDATE OF r SKIP LOCKED), \
+         leased AS (UPDATE requests q SET claimed_by = $5, claimed_until = $6 FROM picked \
+         WHERE q.uuid = picked.uuid \
+         RETURNING q.uuid, q.event_uuid, q.entity_version, q.attempt_no, q.retry_no, q.send_at) \
+         SELECT l.uuid, l.event_uuid, l.entity_version, l.attempt_no, l.retry_no, e.body, e.created_at, \
+         NULL AS row FROM leased l JOIN events e ON e.uuid = l.event_uuid ORDER BY l.send_at, l.uuid"
+    );
+    let rows = sql::query(&text)
+        .bind(target.uuid.to_string())
+        .bind(now_us)
+        .bind(limit)
+        .bind(due_by)
+        .bind(node)
+        .bind(until)
+        .bind(target.status.as_str())
+        .bind(max_in_flight)
+        .fetch_all(&mut *conn)
+        .await;
+    let claimed = rows.map_err(Into::into).and_then(|rows| dues(rows, target));
+    conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
+    claimed
+}
+
+/// The requests a claim read, ready to send.
+fn dues(rows: Vec<sql::Row>, target: &Target) -> Result<Vec<Due>> {
+    rows.into_iter()
         .map(|mut r| {
             // The texts move out of the row rather than being copied: a
             // claim reads hundreds of rows.
@@ -243,10 +281,8 @@ pub async fn claim(
                 row: r.try_get("row")?,
             })
         })
-        .collect::<Result<_>>()?;
-    Ok((due, end))
+        .collect()
 }
-
 /// With entity ordering, a request waits while an earlier event of the same
 /// resource is still pending for the same webhook. (Every scheduled request
 /// of an entity-ordered webhook has `entity_ordered = 1`: see migration

@@ -767,15 +767,15 @@ async fn creates_undone_in_a_busy_group_commit_deliver_nothing(app: TestApp) {
 /// What [`concurrency_receiver`] saw: each body, and the most requests it
 /// was answering at once.
 #[derive(Default)]
-struct Seen {
-    bodies: std::sync::Mutex<Vec<Value>>,
+pub struct Seen {
+    pub bodies: std::sync::Mutex<Vec<Value>>,
     current: std::sync::atomic::AtomicUsize,
-    peak: std::sync::atomic::AtomicUsize,
+    pub peak: std::sync::atomic::AtomicUsize,
 }
 
 /// A receiver that takes `delay` to answer 200 and counts how many
 /// requests it is answering at the same time.
-async fn concurrency_receiver(delay: Duration) -> (String, std::sync::Arc<Seen>) {
+pub async fn concurrency_receiver(delay: Duration) -> (String, std::sync::Arc<Seen>) {
     use std::sync::atomic::Ordering::SeqCst;
     let seen = std::sync::Arc::new(Seen::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

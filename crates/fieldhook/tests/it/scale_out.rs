@@ -3,6 +3,7 @@
 //! nothing; a lost wake-up only delays.
 
 use crate::cli::{Served, run_json, serve_with};
+use crate::delivery::concurrency_receiver;
 use crate::helpers::{Backend, fresh_database};
 use crate::receiver::{Answer, Received, Receiver};
 use serde_json::{Value, json};
@@ -148,6 +149,62 @@ async fn three_workers_share_the_work_and_a_killed_one_loses_nothing() {
     }
     drop(workers);
     drop(api);
+}
+
+/// `fieldhook_deliveries_total{outcome="success"}` as `node` reports it.
+async fn successes(http: &reqwest::Client, node: &Served) -> u64 {
+    let text = http.get(format!("{}/metrics", node.base)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("fieldhook_deliveries_total{outcome=\"success\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The per-webhook in-flight bound (16) holds across nodes: two workers
+/// draining one slow webhook's backlog never have more than 16 requests
+/// open at the receiver together, and both take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_together_stay_within_the_in_flight_bound() {
+    let Some((db, _)) = fresh_database(Backend::Postgres).await else { return };
+    let account = run_json(&["account", "create", "--name", "Acme", "--database-url", &db]);
+    let key = account["api_key"].as_str().unwrap().to_string();
+    let api = node(&db, "api").await;
+    let workers = [node(&db, "worker").await, node(&db, "worker").await];
+    let http = reqwest::Client::new();
+    let (url, seen) = concurrency_receiver(Duration::from_millis(10)).await;
+    let hook =
+        post(&http, format!("{}/v2/webhooks", api.base), &key, json!({"url": url, "event_types": ["site_created"]}))
+            .await["webhook_uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    // A backlog builds while the webhook is paused; resuming wakes both
+    // workers at once.
+    post(&http, format!("{}/v2/webhooks/{hook}/pause", api.base), &key, json!({})).await;
+    let mut sites = std::collections::HashSet::new();
+    for i in 0..400 {
+        let site = post(&http, format!("{}/v2/sites", api.base), &key, json!({"name": format!("s{i}")})).await;
+        sites.insert(site["site_uuid"].as_str().unwrap().to_string());
+    }
+    post(&http, format!("{}/v2/webhooks/{hook}/resume", api.base), &key, json!({})).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.bodies.lock().unwrap().len() < 400 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Anything sent twice would arrive within this pause.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bodies = seen.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 400, "every event exactly once");
+    let delivered: std::collections::HashSet<String> =
+        bodies.iter().map(|b| b["site"]["uuid"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(delivered, sites);
+    let peak = seen.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak <= 16, "{peak} requests were in flight to one webhook at once, across two nodes");
+    assert!(peak > 1, "requests went out one at a time");
+    let per_node = [successes(&http, &workers[0]).await, successes(&http, &workers[1]).await];
+    assert_eq!(per_node.iter().sum::<u64>(), 400, "{per_node:?}");
+    assert!(per_node.iter().all(|&n| n > 0), "one node did all the work: {per_node:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
