@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::storage::deliveries::{self, Attempt, Due, Target};
 use crate::storage::sql::Conn;
 use crate::storage::{Backend, Db};
+use futures::StreamExt;
 use hyper::header::{HeaderMap, HeaderValue};
 use sender::Sender;
 use std::collections::VecDeque;
@@ -172,6 +173,10 @@ impl InFlight {
 const MAX_RESULT_BATCH: usize = 512;
 const RESULT_BATCH: usize = 256;
 const RESULT_LINGER: Duration = Duration::from_millis(5);
+
+/// PostgreSQL: how many webhooks a dispatch pass claims for at once, each
+/// on a connection of the read pool (of 16), which the API shares.
+const CONCURRENT_CLAIMS: usize = 4;
 
 /// How many due requests a SQLite claim reads ahead for one webhook.
 const READ_AHEAD: usize = 512;
@@ -482,7 +487,7 @@ impl Engine {
         s.in_flight.lock().expect("in-flight lock").finished_this_pass.clear();
         let now = s.clock.now();
         let (all, stamp) = self.targets().await?;
-        let targets: Vec<&Arc<Target>> = all.iter().filter(|t| t.is_due(now)).collect();
+        let targets: Vec<Arc<Target>> = all.iter().filter(|t| t.is_due(now)).cloned().collect();
         {
             // Read-ahead is only for webhooks that are still served normally.
             // Statuses change only with a new list, so the check is needed
@@ -508,102 +513,132 @@ impl Engine {
                 f.ahead_checked_against = Some(all.clone());
             }
         }
-        let mut started = 0;
-        let mut waiting = false;
-        for target in targets {
-            let target = target.clone();
-            let probe = target.status == WebhookStatus::Suspended;
-            let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
-            let read_ahead = s.db.backend == Backend::Sqlite && !probe;
-            // Read before the cursor is checked against it: what the claim
-            // finds is good until the next commit a claim must look for.
-            let generation = s.db.committer.requests_generation();
-            let (room, held, queued, refill, reset, resume) = {
-                let f = s.in_flight.lock().expect("in-flight lock");
-                let busy = f.per_webhook.get(&target.uuid).copied().unwrap_or(0);
-                let held = f.unrecorded.get(&target.uuid).copied().unwrap_or(0);
-                let queued = f.ahead.get(&target.uuid).map_or(0, VecDeque::len);
-                let refill = read_ahead && s.needs_refill(&f, &target.uuid, now);
-                // Only a refill claims with a read-ahead's worth.
-                let resume = if refill { s.resume_at(&f, &target, now) } else { None };
-                (bound.saturating_sub(busy), held, queued, refill, f.claims_reset, resume)
-            };
-            // One probe at a time: not while the last one awaits its record.
-            if (room == 0 && !refill) || (probe && held > 0) {
-                waiting = true;
-                continue;
+        // PostgreSQL claims go out together, each on a connection of its
+        // own: a pass over several webhooks took a claim's three round
+        // trips per webhook, one after another. SQLite's run one at a time
+        // on the blocking pool, as they always have.
+        let passes: Vec<_> = targets.into_iter().map(|target| self.dispatch_to(target, now, stamp)).collect();
+        let outcomes: Vec<Result<(usize, bool)>> = match s.db.backend {
+            Backend::Sqlite => {
+                let mut outcomes = Vec::new();
+                for pass in passes {
+                    outcomes.push(pass.await);
+                }
+                outcomes
             }
-            if !read_ahead || refill {
-                // SQLite has no lease: the rows this node holds come back from
-                // the query and are skipped below. PostgreSQL leases hide them,
-                // and every row returned is claimed, so take just `room`.
-                let ask = match s.db.backend {
-                    Backend::Sqlite if read_ahead => {
-                        Ask { fresh: READ_AHEAD.max(room) as i64, held: (held + queued) as i64, resume }
-                    }
-                    Backend::Sqlite => Ask { fresh: room as i64, held: held as i64, resume: None },
-                    Backend::Postgres => Ask { fresh: room as i64, held: 0, resume: None },
-                };
-                let Claimed { due: claimed, all_due, end } = self.claim(&target, ask, bound as i64, now, probe).await?;
-                // A claim that filled the room may have left due requests
-                // behind. (With a read-ahead, the queue says so below.)
-                if !read_ahead && claimed.len() as i64 >= ask.fresh {
-                    waiting = true;
-                }
-                let mut f = s.in_flight.lock().expect("in-flight lock");
-                let f = &mut *f;
-                if let Some(requests_generation) = generation
-                    && read_ahead
-                    && f.claims_reset == reset
-                {
-                    f.last_claims.insert(target.uuid, LastClaim { requests_generation, at: now, all_due, end });
-                }
-                let queue = f.ahead.entry(target.uuid).or_default();
-                let before = queue.len();
-                for due in claimed {
-                    if !(f.requests.contains(&due.request)
-                        || f.ahead_ids.contains(&due.request)
-                        || f.finished_this_pass.contains(&due.request))
-                    {
-                        f.ahead_ids.insert(due.request);
-                        queue.push_back(due);
-                    }
-                }
-                if queue.len() > before {
-                    metrics::histogram!(crate::metrics::CLAIM_BATCH).record((queue.len() - before) as f64);
-                }
-            }
-            let mut f = s.in_flight.lock().expect("in-flight lock");
-            let mut taken = Vec::with_capacity(room);
-            if let Some(queue) = f.ahead.get_mut(&target.uuid) {
-                while taken.len() < room
-                    && let Some(due) = queue.pop_front()
-                {
-                    taken.push(due);
-                }
-            }
-            if !read_ahead {
-                // What was claimed beyond the room (PostgreSQL: nothing;
-                // a probe: nothing) is not kept.
-                f.drop_ahead(&target.uuid);
-            } else if f.ahead.get(&target.uuid).is_some_and(|q| !q.is_empty()) {
-                waiting = true;
-            }
-            for due in taken {
-                f.ahead_ids.remove(&due.request);
-                if !f.requests.insert(due.request) {
-                    continue;
-                }
-                *f.per_webhook.entry(target.uuid).or_default() += 1;
-                *f.unrecorded.entry(target.uuid).or_default() += 1;
-                started += 1;
-                let engine = self.clone();
-                let target = target.clone();
-                let chain = if read_ahead { stamp } else { None };
-                tokio::spawn(async move { engine.send(due, target, probe, chain).await });
-            }
+            Backend::Postgres => futures::stream::iter(passes).buffer_unordered(CONCURRENT_CLAIMS).collect().await,
+        };
+        let (mut started, mut waiting) = (0, false);
+        for outcome in outcomes {
+            let (n, w) = outcome?;
+            started += n;
+            waiting |= w;
         }
         Ok(Dispatched { started, waiting })
+    }
+
+    /// One webhook's part of a dispatch pass: claims for it if it has room
+    /// (or, on SQLite, its read-ahead runs low) and starts its sends. Says
+    /// how many it started and whether due work may be left waiting.
+    async fn dispatch_to(
+        &self,
+        target: Arc<Target>,
+        now: chrono::DateTime<chrono::Utc>,
+        stamp: Option<ListStamp>,
+    ) -> Result<(usize, bool)> {
+        let s = &self.shared;
+        let mut started = 0;
+        let mut waiting = false;
+        let probe = target.status == WebhookStatus::Suspended;
+        let bound = if probe { 1 } else { s.config.max_in_flight_per_webhook };
+        let read_ahead = s.db.backend == Backend::Sqlite && !probe;
+        // Read before the cursor is checked against it: what the claim
+        // finds is good until the next commit a claim must look for.
+        let generation = s.db.committer.requests_generation();
+        let (room, held, queued, refill, reset, resume) = {
+            let f = s.in_flight.lock().expect("in-flight lock");
+            let busy = f.per_webhook.get(&target.uuid).copied().unwrap_or(0);
+            let held = f.unrecorded.get(&target.uuid).copied().unwrap_or(0);
+            let queued = f.ahead.get(&target.uuid).map_or(0, VecDeque::len);
+            let refill = read_ahead && s.needs_refill(&f, &target.uuid, now);
+            // Only a refill claims with a read-ahead's worth.
+            let resume = if refill { s.resume_at(&f, &target, now) } else { None };
+            (bound.saturating_sub(busy), held, queued, refill, f.claims_reset, resume)
+        };
+        // One probe at a time: not while the last one awaits its record.
+        if (room == 0 && !refill) || (probe && held > 0) {
+            return Ok((0, true));
+        }
+        if !read_ahead || refill {
+            // SQLite has no lease: the rows this node holds come back from
+            // the query and are skipped below. PostgreSQL leases hide them,
+            // and every row returned is claimed, so take just `room`.
+            let ask = match s.db.backend {
+                Backend::Sqlite if read_ahead => {
+                    Ask { fresh: READ_AHEAD.max(room) as i64, held: (held + queued) as i64, resume }
+                }
+                Backend::Sqlite => Ask { fresh: room as i64, held: held as i64, resume: None },
+                Backend::Postgres => Ask { fresh: room as i64, held: 0, resume: None },
+            };
+            let Claimed { due: claimed, all_due, end } = self.claim(&target, ask, bound as i64, now, probe).await?;
+            // A claim that filled the room may have left due requests
+            // behind. (With a read-ahead, the queue says so below.)
+            if !read_ahead && claimed.len() as i64 >= ask.fresh {
+                waiting = true;
+            }
+            let mut f = s.in_flight.lock().expect("in-flight lock");
+            let f = &mut *f;
+            if let Some(requests_generation) = generation
+                && read_ahead
+                && f.claims_reset == reset
+            {
+                f.last_claims.insert(target.uuid, LastClaim { requests_generation, at: now, all_due, end });
+            }
+            let queue = f.ahead.entry(target.uuid).or_default();
+            let before = queue.len();
+            for due in claimed {
+                if !(f.requests.contains(&due.request)
+                    || f.ahead_ids.contains(&due.request)
+                    || f.finished_this_pass.contains(&due.request))
+                {
+                    f.ahead_ids.insert(due.request);
+                    queue.push_back(due);
+                }
+            }
+            if queue.len() > before {
+                metrics::histogram!(crate::metrics::CLAIM_BATCH).record((queue.len() - before) as f64);
+            }
+        }
+        let mut f = s.in_flight.lock().expect("in-flight lock");
+        let mut taken = Vec::with_capacity(room);
+        if let Some(queue) = f.ahead.get_mut(&target.uuid) {
+            while taken.len() < room
+                && let Some(due) = queue.pop_front()
+            {
+                taken.push(due);
+            }
+        }
+        if !read_ahead {
+            // What was claimed beyond the room (PostgreSQL: nothing;
+            // a probe: nothing) is not kept.
+            f.drop_ahead(&target.uuid);
+        } else if f.ahead.get(&target.uuid).is_some_and(|q| !q.is_empty()) {
+            waiting = true;
+        }
+        for due in taken {
+            f.ahead_ids.remove(&due.request);
+            if !f.requests.insert(due.request) {
+                continue;
+            }
+            *f.per_webhook.entry(target.uuid).or_default() += 1;
+            *f.unrecorded.entry(target.uuid).or_default() += 1;
+            started += 1;
+            let engine = self.clone();
+            let target = target.clone();
+            let chain = if read_ahead { stamp } else { None };
+            tokio::spawn(async move { engine.send(due, target, probe, chain).await });
+        }
+        Ok((started, waiting))
     }
 
     /// The webhooks to serve. On SQLite every change to webhooks or keys
