@@ -179,25 +179,47 @@ pub async fn make_pending_due(conn: &mut Conn, webhook: Uuid, now: DateTime<Utc>
     Ok(())
 }
 
+/// The webhooks of an account subscribed to an event type, with what the
+/// fan-out needs of them: the parameters are the account and
+/// [`subscription_pattern`].
+macro_rules! select_subscribers {
+    ($account:literal, $pattern:literal) => {
+        concat!(
+            "SELECT uuid, status, ordering FROM webhooks WHERE account_uuid = ",
+            $account,
+            " AND removed = 0 AND event_types LIKE ",
+            $pattern
+        )
+    };
+}
+pub(crate) use select_subscribers;
+
+/// Matches the stored event types of a webhook subscribed to `event`'s.
+pub(crate) fn subscription_pattern(event: &Event) -> String {
+    format!("%,{},%", event.event_type.name())
+}
+
+/// The webhooks subscribed to `event` ([`select_subscribers`]).
+pub async fn subscribers(conn: &mut Conn, account: Uuid, event: &Event) -> Result<Vec<sql::Row>> {
+    Ok(sql::query(select_subscribers!("$1", "$2"))
+        .bind(account.to_string())
+        .bind(subscription_pattern(event))
+        .fetch_all(conn)
+        .await?)
+}
+
 /// Writes one pending request (attempt 1, due now) for every webhook of the
-/// account subscribed to the event. Runs in the event's transaction.
+/// account subscribed to the event, as [`subscribers`] found them. Runs in
+/// the event's transaction.
 ///
 /// On the SQLite writer each request of an active webhook without entity
 /// ordering is also handed to the delivery engine, so that no claim has to
 /// read it back ([`super::handoff`]); those of entity-ordered webhooks wait
 /// for their turn in a claim, and probes of suspended ones are claimed too.
-pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<usize> {
-    let subscribers = sql::query(
-        "SELECT uuid, status, ordering FROM webhooks \
-         WHERE account_uuid = $1 AND removed = 0 AND event_types LIKE $2",
-    )
-    .bind(account.to_string())
-    .bind(format!("%,{},%", event.event_type.name()))
-    .fetch_all(&mut *conn)
-    .await?;
+pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event, subscribers: &[sql::Row]) -> Result<usize> {
     // One copy of the body, shared by every request handed over.
     let mut body: Option<bytes::Bytes> = None;
-    for sub in &subscribers {
+    for sub in subscribers {
         let webhook: String = sub.try_get("uuid")?;
         let send_at = to_micros(event.created_at);
         let request = insert_request(conn, account, &webhook, event, 1, send_at).await?;

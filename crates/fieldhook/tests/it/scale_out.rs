@@ -161,8 +161,8 @@ async fn successes(http: &reqwest::Client, node: &Served) -> u64 {
 }
 
 /// The per-webhook in-flight bound (16) holds across nodes: two workers
-/// draining one slow webhook's backlog never have more than 16 requests
-/// open at the receiver together, and both take part.
+/// woken together to drain one slow webhook's backlog never have more than
+/// 16 requests open at the receiver at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_together_stay_within_the_in_flight_bound() {
     let Some((db, _)) = fresh_database(Backend::Postgres).await else { return };
@@ -202,9 +202,12 @@ async fn two_workers_together_stay_within_the_in_flight_bound() {
     let peak = seen.peak.load(std::sync::atomic::Ordering::SeqCst);
     assert!(peak <= 16, "{peak} requests were in flight to one webhook at once, across two nodes");
     assert!(peak > 1, "requests went out one at a time");
+    // Which node sends how much is not promised: a node that holds the
+    // webhook's leases claims again as its POSTs end, and may keep it.
+    // (Without counting the other node's leases, both claim 16 at the
+    // resume, and the peak is 32.)
     let per_node = [successes(&http, &workers[0]).await, successes(&http, &workers[1]).await];
     assert_eq!(per_node.iter().sum::<u64>(), 400, "{per_node:?}");
-    assert!(per_node.iter().all(|&n| n > 0), "one node did all the work: {per_node:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
