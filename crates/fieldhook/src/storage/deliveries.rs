@@ -148,7 +148,8 @@ pub async fn claim(
     let ordered = ordered_clause(target);
     if backend == Backend::Postgres {
         let until = to_micros(now + chrono::TimeDelta::from_std(lease).unwrap_or_default());
-        let claimed = claim_leased(conn, target, [limit, max_in_flight, now_us, due_by, until], node, ordered).await?;
+        let bounds = Leasing { limit, max_in_flight, now: now_us, due_by, until };
+        let claimed = claim_leased(conn, target, bounds, node, ordered).await?;
         return Ok((claimed, None));
     }
     // From a position in claim order (see `due_positions`).
@@ -178,6 +179,19 @@ pub async fn claim(
 const DUE_NOW: &str = "r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $4 \
      AND (r.claimed_until IS NULL OR r.claimed_until < $2)";
 
+/// The numbers of a PostgreSQL claim, in microseconds where they are times.
+struct Leasing {
+    /// At most this many requests (the caller's room).
+    limit: i64,
+    /// The webhook's in-flight bound, shared with the other nodes.
+    max_in_flight: i64,
+    now: i64,
+    /// The latest `send_at` to take.
+    due_by: i64,
+    /// The lease's end.
+    until: i64,
+}
+
 /// PostgreSQL's claim, in three round trips: the webhook's row is locked,
 /// then one statement checks its status, counts the other nodes' leases,
 /// and picks, leases and reads the requests; then the commit.
@@ -203,17 +217,14 @@ const DUE_NOW: &str = "r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send
 /// exceed its leases, and a claim leaves room for every lease of the
 /// others. A claim lost in a crash only means a resend, so it commits
 /// without waiting for the disk.
-///
-/// `numbers` are the limit, `max_in_flight`, now, the latest `send_at` to
-/// take and the lease's end.
 async fn claim_leased(
     conn: &mut Conn,
     target: &Target,
-    numbers: [i64; 5],
+    bounds: Leasing,
     node: &str,
     ordered: &str,
 ) -> Result<Vec<Due>> {
-    let [limit, max_in_flight, now_us, due_by, until] = numbers;
+    let Leasing { limit, max_in_flight, now: now_us, due_by, until } = bounds;
     // One simple query, one round trip. The uuid is this server's own
     // value, printed, not text from a request. The claim statement is
     // planned once per connection (a generic plan) rather than at every

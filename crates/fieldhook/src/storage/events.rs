@@ -49,6 +49,7 @@ pub async fn record_only(conn: &mut Conn, account: Uuid, event: &Event) -> Resul
     Ok(())
 }
 
+/// Binds `$1`–`$8` of [`INSERT_EVENT`].
 fn bind_event<'q>(q: sql::Query<'q>, account: Uuid, event: &'q Event) -> sql::Query<'q> {
     q.bind(event.uuid.to_string())
         .bind(account.to_string())
@@ -60,6 +61,7 @@ fn bind_event<'q>(q: sql::Query<'q>, account: Uuid, event: &'q Event) -> sql::Qu
         .bind(to_micros(event.created_at))
 }
 
+/// Counts a recorded event in the metrics.
 fn counted(event: &Event) {
     metrics::counter!(crate::metrics::EVENTS, "event_type" => event.event_type.name()).increment(1);
 }
