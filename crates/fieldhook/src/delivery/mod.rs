@@ -216,11 +216,36 @@ struct Shared {
     /// The temporary token last issued per key, with its expiry (`token`).
     tokens_issued: Mutex<UuidMap<(i64, HeaderValue)>>,
     handed_over: metrics::Counter,
+    /// PostgreSQL: where each webhook's last full claim stopped
+    /// ([`DrainCursor`]).
+    cursors: Mutex<UuidMap<DrainCursor>>,
     /// Held through a refresh of the backlog gauges, read and set: two
     /// refreshes (the periodic one, one asked for) never interleave, so an
     /// older count never overwrites a newer one.
     refreshing_gauges: tokio::sync::Mutex<()>,
 }
+
+/// PostgreSQL: where a webhook's last claim stopped while it found as many
+/// requests as it asked for, so that the next one starts after it. Each
+/// delivered request leaves dead entries at the head of the claim index
+/// (its lease and its result both move it), and a claim from the head
+/// walked over all of them: a drain slowed as it went (docs/benchmarks.md,
+/// sixteenth round). Requests before the cursor can still be due: skipped
+/// while another claim held them, leased by a node that has died since, or
+/// written with an earlier time than the cursor's by a commit under way.
+/// So a chain of claims goes back to the head after [`CURSOR_FOR`], and
+/// whenever a claim finds fewer than it asked for. Never for entity
+/// ordering (a result lets earlier requests go) or probes.
+#[derive(Debug, Clone, Copy)]
+struct DrainCursor {
+    after: deliveries::Position,
+    /// When the chain of claims began at the head.
+    since: std::time::Instant,
+}
+
+/// How long claims chain from a [`DrainCursor`] before one starts at the
+/// head again: what a due request passed over may wait, at most.
+const CURSOR_FOR: Duration = Duration::from_millis(100);
 
 /// How much a claim asks for.
 #[derive(Debug, Clone, Copy)]
@@ -464,6 +489,7 @@ impl Engine {
                 halted: AtomicBool::new(false),
                 tokens_issued: Mutex::default(),
                 handed_over: metrics::counter!(crate::metrics::HANDED_OVER),
+                cursors: Mutex::default(),
                 refreshing_gauges: tokio::sync::Mutex::new(()),
             }),
             results_rx: Arc::new(tokio::sync::Mutex::new(results_rx)),
@@ -704,8 +730,20 @@ impl Engine {
                 claimed
             }
             Backend::Postgres => {
+                let chained = !probe && target.ordering == Ordering::None;
+                let cursor = {
+                    let mut cursors = s.cursors.lock().expect("cursors lock");
+                    match cursors.get(&target.uuid) {
+                        Some(c) if chained && c.since.elapsed() < CURSOR_FOR => Some(*c),
+                        Some(_) => {
+                            cursors.remove(&target.uuid);
+                            None
+                        }
+                        None => None,
+                    }
+                };
                 let mut conn = s.db.read.acquire().await?;
-                let (due, _) = deliveries::claim(
+                let (due, end) = deliveries::claim(
                     &mut conn,
                     Backend::Postgres,
                     target,
@@ -715,9 +753,19 @@ impl Engine {
                     probe,
                     lease,
                     &s.node,
-                    None,
+                    cursor.map(|c| c.after),
                 )
                 .await?;
+                let mut cursors = s.cursors.lock().expect("cursors lock");
+                match end {
+                    Some(after) if chained && due.len() as i64 >= ask.fresh => {
+                        let since = cursor.map_or_else(std::time::Instant::now, |c| c.since);
+                        cursors.insert(target.uuid, DrainCursor { after, since });
+                    }
+                    _ => {
+                        cursors.remove(&target.uuid);
+                    }
+                }
                 Ok(Claimed { due, all_due: false, end: None })
             }
         }

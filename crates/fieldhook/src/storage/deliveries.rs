@@ -128,8 +128,9 @@ impl Due {
 /// caller has made what this node's POSTs under way leave of
 /// `max_in_flight`, less the live leases of the other nodes.
 ///
-/// With `from` (SQLite), the claim starts at that position in claim order.
-/// Returns the claimed requests and the position of the last one.
+/// With `from`, the claim starts at that position in claim order (after
+/// it, on PostgreSQL). Returns the claimed requests and the position of the
+/// last one.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,
@@ -149,8 +150,7 @@ pub async fn claim(
     if backend == Backend::Postgres {
         let until = to_micros(now + chrono::TimeDelta::from_std(lease).unwrap_or_default());
         let bounds = Leasing { limit, max_in_flight, now: now_us, due_by, until };
-        let claimed = claim_leased(conn, target, bounds, node, ordered).await?;
-        return Ok((claimed, None));
+        return claim_leased(conn, target, bounds, node, ordered, from).await;
     }
     // From a position in claim order (see `due_positions`).
     let (from, from_send_at, from_uuid) = match from {
@@ -167,10 +167,7 @@ pub async fn claim(
         q = q.bind(from_send_at).bind(from_uuid);
     }
     let rows = q.fetch_all(&mut *conn).await?;
-    let end = match rows.last() {
-        Some(r) => Some(Position { send_at: r.try_get("send_at")?, uuid: r.try_get("uuid")? }),
-        None => None,
-    };
+    let end = last_position(&rows)?;
     Ok((dues(rows, target)?, end))
 }
 
@@ -217,14 +214,21 @@ struct Leasing {
 /// exceed its leases, and a claim leaves room for every lease of the
 /// others. A claim lost in a crash only means a resend, so it commits
 /// without waiting for the disk.
+///
+/// With `after`, only requests after that position in claim order are
+/// taken: a drain's claims step over the dead index entries its own leases
+/// and results left at the head of the claim index (docs/benchmarks.md,
+/// sixteenth round); the caller decides when that is safe.
 async fn claim_leased(
     conn: &mut Conn,
     target: &Target,
     bounds: Leasing,
     node: &str,
     ordered: &str,
-) -> Result<Vec<Due>> {
+    after: Option<Position>,
+) -> Result<(Vec<Due>, Option<Position>)> {
     let Leasing { limit, max_in_flight, now: now_us, due_by, until } = bounds;
+    let after_clause = if after.is_some() { " AND (r.send_at, r.uuid) > ($9, $10)" } else { "" };
     // One simple query, one round trip. The uuid is this server's own
     // value, printed, not text from a request. The claim statement is
     // planned once per connection (a generic plan) rather than at every
@@ -247,16 +251,16 @@ async fn claim_leased(
         "WITH live AS (SELECT 1 FROM webhooks WHERE uuid = $1 AND removed = 0 AND status = $7), \
          others AS (SELECT COUNT(*) AS n FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
          AND claimed_until IS NOT NULL AND claimed_until >= $2 AND claimed_by <> $5), \
-         picked AS (SELECT r.uuid FROM requests r WHERE EXISTS (SELECT 1 FROM live) AND {DUE_NOW}{ordered} \
+         picked AS (SELECT r.uuid FROM requests r WHERE EXISTS (SELECT 1 FROM live) AND {DUE_NOW}{ordered}{after_clause} \
          ORDER BY r.send_at, r.uuid LIMIT GREATEST(LEAST($3, $8) - (SELECT n FROM others), 0) \
          FOR UPDATE OF r SKIP LOCKED), \
          leased AS (UPDATE requests q SET claimed_by = $5, claimed_until = $6 FROM picked \
          WHERE q.uuid = picked.uuid \
          RETURNING q.uuid, q.event_uuid, q.entity_version, q.attempt_no, q.retry_no, q.send_at) \
          SELECT l.uuid, l.event_uuid, l.entity_version, l.attempt_no, l.retry_no, e.body, e.created_at, \
-         NULL AS row FROM leased l JOIN events e ON e.uuid = l.event_uuid ORDER BY l.send_at, l.uuid"
+         NULL AS row, l.send_at FROM leased l JOIN events e ON e.uuid = l.event_uuid ORDER BY l.send_at, l.uuid"
     );
-    let rows = sql::query(&text)
+    let mut q = sql::query(&text)
         .bind(target.uuid.to_string())
         .bind(now_us)
         .bind(limit)
@@ -264,12 +268,24 @@ async fn claim_leased(
         .bind(node)
         .bind(until)
         .bind(target.status.as_str())
-        .bind(max_in_flight)
-        .fetch_all(&mut *conn)
-        .await;
-    let claimed = rows.map_err(Into::into).and_then(|rows| dues(rows, target));
+        .bind(max_in_flight);
+    if let Some(p) = after {
+        q = q.bind(p.send_at).bind(p.uuid.to_string());
+    }
+    let claimed = q.fetch_all(&mut *conn).await.map_err(Into::into).and_then(|rows| {
+        let end = last_position(&rows)?;
+        Ok((dues(rows, target)?, end))
+    });
     conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
     claimed
+}
+
+/// Where the last of a claim's rows (in claim order) stands.
+fn last_position(rows: &[sql::Row]) -> Result<Option<Position>> {
+    match rows.last() {
+        Some(r) => Ok(Some(Position { send_at: r.try_get("send_at")?, uuid: r.try_get("uuid")? })),
+        None => Ok(None),
+    }
 }
 
 /// The requests a claim read, ready to send.
