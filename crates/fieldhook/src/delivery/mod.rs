@@ -230,11 +230,12 @@ struct Shared {
 /// delivered request leaves dead entries at the head of the claim index
 /// (its lease and its result both move it), and a claim from the head
 /// walked over all of them: a drain slowed as it went (docs/benchmarks.md,
-/// sixteenth round). Requests before the cursor can still be due: skipped
-/// while another claim held them, leased by a node that has died since, or
-/// written with an earlier time than the cursor's by a commit under way.
-/// So a chain of claims goes back to the head after [`CURSOR_FOR`], and
-/// whenever a claim finds fewer than it asked for. Never for entity
+/// sixteenth round). Requests before the cursor can still be due: one
+/// written by a commit under way with an earlier time than the cursor's,
+/// say. (While other nodes hold leases of the webhook, a claim takes less
+/// than it asks for and leaves no cursor, so what they hold is not passed
+/// over.) So a chain of claims goes back to the head after [`CURSOR_FOR`],
+/// and whenever a claim finds fewer than it asked for. Never for entity
 /// ordering (a result lets earlier requests go) or probes.
 #[derive(Debug, Clone, Copy)]
 struct DrainCursor {
