@@ -653,21 +653,7 @@ async fn a_backlog_beyond_the_read_ahead_goes_out_once_within_the_in_flight_boun
         sites.insert(app.create("sites", json!({"name": format!("s{i}")})).await);
     }
     app.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while seen.bodies.lock().unwrap().len() < 600 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Anything sent twice would arrive within this pause.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let bodies = seen.bodies.lock().unwrap().clone();
-    assert_eq!(bodies.len(), 600, "every event exactly once");
-    let delivered: std::collections::HashSet<String> =
-        bodies.iter().map(|b| b["site"]["uuid"].as_str().unwrap_or_default().to_string()).collect();
-    assert_eq!(delivered, sites);
-    let peak = seen.peak.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(peak <= 16, "{peak} requests were in flight to one webhook at once");
-    // Slow answers and a long backlog: the bound is not just respected but used.
-    assert!(peak > 1, "requests went out one at a time");
+    seen.assert_each_site_once_within_the_bound(&sites, "").await;
 }
 
 /// While a backlog longer than the read-ahead drains (on SQLite each claim
@@ -768,9 +754,38 @@ async fn creates_undone_in_a_busy_group_commit_deliver_nothing(app: TestApp) {
 /// was answering at once.
 #[derive(Default)]
 pub struct Seen {
-    pub bodies: std::sync::Mutex<Vec<Value>>,
+    bodies: std::sync::Mutex<Vec<Value>>,
     current: std::sync::atomic::AtomicUsize,
-    pub peak: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl Seen {
+    /// Waits (up to a minute) until every one of `sites` has arrived as a
+    /// `site_created` body, and a moment more for anything sent twice; then
+    /// asserts that each arrived exactly once, and that the requests open at
+    /// once never exceeded the in-flight bound of 16 but did exceed one (slow
+    /// answers and a long backlog: the bound is not just respected but used).
+    /// `whence` ends the message of a broken bound.
+    pub async fn assert_each_site_once_within_the_bound(
+        &self,
+        sites: &std::collections::HashSet<String>,
+        whence: &str,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.bodies.lock().unwrap().len() < sites.len() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Anything sent twice would arrive within this pause.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let bodies = self.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), sites.len(), "every event exactly once");
+        let delivered: std::collections::HashSet<String> =
+            bodies.iter().map(|b| b["site"]["uuid"].as_str().unwrap_or_default().to_string()).collect();
+        assert_eq!(&delivered, sites);
+        let peak = self.peak.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(peak <= 16, "{peak} requests were in flight to one webhook at once{whence}");
+        assert!(peak > 1, "requests went out one at a time");
+    }
 }
 
 /// A receiver that takes `delay` to answer 200 and counts how many
