@@ -892,7 +892,13 @@ async fn main() -> anyhow::Result<()> {
         if let Some([lowest, highest]) = r.ratio_range {
             ratio = format!("{ratio} ({:.1}–{:.1})", lowest * 100.0, highest * 100.0);
         }
-        println!("{:<10} {:<48} {:>12.2} {:<14} {:>9}  {}", r.backend, r.metric, r.value, r.unit, ratio, r.target);
+        // CPU-seconds per 1,000 deliveries are hundredths: two decimals
+        // would print 0.01 for anything from 0.005 to 0.015.
+        let decimals = if r.value.abs() < 1.0 { 4 } else { 2 };
+        println!(
+            "{:<10} {:<48} {:>12.*} {:<14} {:>9}  {}",
+            r.backend, r.metric, decimals, r.value, r.unit, ratio, r.target
+        );
     }
     let mut report =
         json!({"machine": machine, "seconds_per_phase": args.seconds, "concurrency": args.concurrency, "rows": rows});
