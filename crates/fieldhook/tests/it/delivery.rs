@@ -704,6 +704,55 @@ async fn a_draining_backlog_misses_nothing_that_arrives_or_fails_meanwhile(app: 
     assert!(app.requests(&hook, Some("scheduled")).await.is_empty(), "nothing left scheduled");
 }
 
+/// PostgreSQL: a full claim leaves a cursor and the webhook's next claims
+/// start after it, but a chain of them goes back to the head of the claim
+/// order within 100 ms (`DrainCursor`). A request that sorts before the
+/// cursor — as one does that a create committed during a claim with an
+/// earlier time than the cursor's — is sent while the backlog still drains,
+/// not only once a claim finds less than it asked for at the backlog's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_behind_the_drain_cursor_goes_out_while_the_backlog_drains() {
+    let Some(app) = crate::helpers::spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    const BACKLOG: usize = 1000;
+    let rx = Receiver::start().await;
+    // 16 in flight, 10 ms each: the drain takes at least 600 ms.
+    rx.answer_with(|_| Answer::Slow(Duration::from_millis(10), 200));
+    let hook = app.webhook(&rx.url, &["site_created"]).await;
+    app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
+    for i in 0..BACKLOG {
+        app.create("sites", json!({"name": format!("s{i}")})).await;
+    }
+    app.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await;
+    rx.wait_until("the drain under way", |got| got.len() >= 64).await;
+    // A copy of the webhook's oldest request, an hour earlier than any
+    // request of the backlog, told apart by its attempt number.
+    let copied = fieldhook::storage::sql::query(concat!(
+        "INSERT INTO requests (uuid, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, ",
+        "entity_uuid, entity_version, attempt_no, retry_no, status, send_at, created_at, entity_ordered) ",
+        "SELECT $1, account_uuid, webhook_uuid, event_uuid, event_type, entity_type, entity_uuid, ",
+        "entity_version, 99, 0, 'scheduled', send_at - 3600000000, created_at, entity_ordered ",
+        "FROM requests WHERE webhook_uuid = $2 ORDER BY send_at LIMIT 1"
+    ))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(hook.clone())
+    .execute(&app.db.read)
+    .await
+    .unwrap();
+    assert_eq!(copied.rows_affected(), 1);
+    let got = rx
+        .wait_until("the request behind the cursor", |got| {
+            got.iter().any(|r| r.header("x-planado-delivery-attempt") == Some("99"))
+        })
+        .await;
+    let before = got.iter().position(|r| r.header("x-planado-delivery-attempt") == Some("99")).unwrap();
+    assert!(
+        before < BACKLOG - 100,
+        "sent while the backlog drained, not after it: {before} of {BACKLOG} deliveries came first"
+    );
+}
+
 /// On SQLite a commit hands its new requests straight to the engine. When
 /// a create fails in a busy group commit, the creates that shared its
 /// savepoint are undone and run again: what the undone run handed over
