@@ -707,8 +707,8 @@ async fn a_draining_backlog_misses_nothing_that_arrives_or_fails_meanwhile(app: 
 /// PostgreSQL: a full claim leaves a cursor and the webhook's next claims
 /// start after it, but a chain of them goes back to the head of the claim
 /// order within 100 ms (`DrainCursor`). A request that sorts before the
-/// cursor — as one does that a create committed during a claim with an
-/// earlier time than the cursor's — is sent while the backlog still drains,
+/// cursor (as does one that a create commits during a claim, with an
+/// earlier time than the cursor's) is sent while the backlog still drains,
 /// not only once a claim finds less than it asked for at the backlog's end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_behind_the_drain_cursor_goes_out_while_the_backlog_drains() {
