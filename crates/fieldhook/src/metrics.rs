@@ -59,9 +59,32 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (an embedding
             // program's); then ours renders what it sees, which is nothing.
             let _ = metrics::set_global_recorder(recorder);
+            start_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often the histograms' recorded samples are folded into their
+/// buckets without a scrape.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Folds the histograms' samples into their buckets every [`UPKEEP_EVERY`].
+/// The exporter keeps each sample until a scrape or an upkeep reads it, and
+/// a recorder built with `build_recorder` gets no upkeep of its own: a
+/// server nobody scraped grew by every HTTP request and delivery it made.
+/// A thread, not a task: the recorder is the process's and outlives any
+/// one runtime (the tests start many).
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new().name("fieldhook-metrics".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "could not start the metrics upkeep; histograms grow until /metrics is scraped");
+    }
 }
 
 /// The outcome label of a delivery attempt; borrowed (no allocation per
@@ -79,5 +102,38 @@ pub fn outcome(code: Option<u16>, error_type: Option<&str>) -> std::borrow::Cow<
         }
         .into(),
         (None, None) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The process's peak resident memory, in bytes (Linux).
+    fn peak_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("Linux");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM in /proc/self/status");
+        kb * 1024
+    }
+
+    /// Unscraped, the histograms' samples are folded away every second:
+    /// 15,000,000 samples recorded over six seconds or more raise the peak
+    /// memory by about what one second's take (some 40 MB here), not by
+    /// what all of them take kept (236 MB without the upkeep).
+    #[test]
+    fn histogram_samples_do_not_pile_up_without_a_scrape() {
+        let _handle = super::handle();
+        let histogram = metrics::histogram!("fieldhook_test_upkeep_seconds");
+        let before = peak_rss();
+        for _ in 0..60 {
+            for i in 0..250_000 {
+                histogram.record(f64::from(i % 100) / 1000.0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let grown = peak_rss().saturating_sub(before);
+        assert!(grown < 120 << 20, "the peak memory grew by {} MB", grown >> 20);
     }
 }
