@@ -123,10 +123,10 @@ impl Due {
 /// still pending for this webhook. A `probe` takes the oldest pending
 /// request whether it is due or not.
 ///
-/// On PostgreSQL the claim is a transaction of its own ([`claim_leased`]),
-/// and takes at most what the in-flight bound leaves: `limit`, which the
-/// caller has made what this node's POSTs under way leave of
-/// `max_in_flight`, less the live leases of the other nodes.
+/// On PostgreSQL the claim is a transaction of its own ([`claim_leased`]).
+/// It takes at most `limit` (the caller's room: what this node's POSTs
+/// under way leave of `max_in_flight`), and never more than `max_in_flight`
+/// less the live leases of the other nodes.
 ///
 /// With `from`, the claim starts at that position in claim order (after
 /// it, on PostgreSQL). Returns the claimed requests and the position of the
@@ -310,6 +310,7 @@ fn dues(rows: Vec<sql::Row>, target: &Target) -> Result<Vec<Due>> {
         })
         .collect()
 }
+
 /// With entity ordering, a request waits while an earlier event of the same
 /// resource is still pending for the same webhook. (Every scheduled request
 /// of an entity-ordered webhook has `entity_ordered = 1`: see migration
