@@ -259,8 +259,9 @@ impl Sender {
     fn checkout(&self, origin: &str) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.inner.idle.lock().expect("idle connections lock");
         let stack = idle.get_mut(origin)?;
+        let now = Instant::now();
         while let Some(c) = stack.pop() {
-            if !c.conn.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+            if !c.conn.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT {
                 return Some(c.conn);
             }
         }
@@ -273,12 +274,14 @@ impl Sender {
         }
         let mut idle = self.inner.idle.lock().expect("idle connections lock");
         let stack = idle.entry(origin.clone()).or_default();
-        stack.retain(|c| !c.conn.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
+        // One reading of the clock for the whole stack.
+        let now = Instant::now();
+        stack.retain(|c| !c.conn.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
         if stack.len() >= MAX_IDLE_PER_ORIGIN {
             // The oldest goes: it is the likeliest to be closed by the peer.
             stack.remove(0);
         }
-        stack.push(Idle { conn, since: Instant::now() });
+        stack.push(Idle { conn, since: now });
     }
 
     /// A new connection: resolved, checked against the forbidden ranges,
@@ -388,14 +391,20 @@ async fn read_limited(mut body: hyper::body::Incoming) -> (String, bool, Option<
                     let room = MAX_LOGGED_BODY - kept.len();
                     kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     if kept.len() >= MAX_LOGGED_BODY {
-                        return (String::from_utf8_lossy(&kept).into_owned(), false, None);
+                        return (into_text(kept), false, None);
                     }
                 }
             }
-            None => return (String::from_utf8_lossy(&kept).into_owned(), true, None),
-            Some(Err(e)) => return (String::from_utf8_lossy(&kept).into_owned(), false, Some(e)),
+            None => return (into_text(kept), true, None),
+            Some(Err(e)) => return (into_text(kept), false, Some(e)),
         }
     }
+}
+
+/// The body as text: kept as it is when it is UTF-8 (no copy), with
+/// replacement characters otherwise (a cut at the limit can split one).
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// An error with its causes, as one line.
@@ -434,6 +443,14 @@ mod tests {
         let d = parse_retry_after(&later).unwrap();
         assert!(d > Duration::from_secs(590) && d <= Duration::from_secs(600));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn a_body_cut_inside_a_character_is_kept_with_a_replacement() {
+        assert_eq!(into_text("ok ✓".as_bytes().to_vec()), "ok ✓");
+        let cut = &"ok ✓".as_bytes()[..4];
+        assert_eq!(into_text(cut.to_vec()), "ok \u{FFFD}");
+        assert_eq!(into_text(Vec::new()), "");
     }
 
     #[test]

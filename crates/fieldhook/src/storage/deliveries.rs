@@ -11,6 +11,7 @@ use crate::domain::webhook::{Ordering, PayloadSigner, RetryPolicy, WebhookStatus
 use crate::error::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use hyper::header::HeaderValue;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -22,7 +23,9 @@ pub struct Target {
     /// The webhook's URL, parsed once per read of the webhooks rather than
     /// per attempt.
     pub endpoint: Result<Arc<Endpoint>, String>,
-    pub secret: Option<String>,
+    /// The `X-Planado-Secret` header's value, built once per read of the
+    /// webhooks; `None` without a secret (or with one no header can carry).
+    pub secret: Option<HeaderValue>,
     pub signer: PayloadSigner,
     pub ordering: Ordering,
     pub status: WebhookStatus,
@@ -63,7 +66,7 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
             Ok(Arc::new(Target {
                 uuid: r.try_get("uuid")?,
                 endpoint: Endpoint::parse(&url).map(Arc::new),
-                secret: r.try_get("secret")?,
+                secret: r.try_get::<Option<String>, _>("secret")?.and_then(|s| HeaderValue::from_str(&s).ok()),
                 signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
                 ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
                 status: WebhookStatus::parse(&r.try_get::<String, _>("status")?),
