@@ -249,8 +249,11 @@ pub fn sign(signing_secret: &str, id: &str, timestamp: i64, body: &str) -> Strin
 #[derive(Clone)]
 pub struct PayloadSigner(Hmac<Sha256>);
 
-/// The length of a signature: `v1,` and the base64 of 32 bytes.
-pub const SIGNATURE_LEN: usize = 3 + 44;
+/// What every signature starts with: the scheme's version.
+const SIGNATURE_PREFIX: &[u8] = b"v1,";
+
+/// The length of a signature: the prefix and the base64 of 32 bytes.
+pub const SIGNATURE_LEN: usize = SIGNATURE_PREFIX.len() + 44;
 
 impl PayloadSigner {
     pub fn new(signing_secret: &str) -> Self {
@@ -275,11 +278,11 @@ impl PayloadSigner {
         mac.update(itoa::Buffer::new().format(timestamp).as_bytes());
         mac.update(b".");
         mac.update(body);
-        out.extend_from_slice(b"v1,");
+        out.extend_from_slice(SIGNATURE_PREFIX);
         let start = out.len();
-        out.resize(start + SIGNATURE_LEN - 3, 0);
+        out.resize(start + SIGNATURE_LEN - SIGNATURE_PREFIX.len(), 0);
         let written = STANDARD.encode_slice(mac.finalize().into_bytes(), &mut out[start..]);
-        debug_assert_eq!(written, Ok(SIGNATURE_LEN - 3));
+        debug_assert_eq!(written, Ok(SIGNATURE_LEN - SIGNATURE_PREFIX.len()));
     }
 }
 

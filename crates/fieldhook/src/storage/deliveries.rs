@@ -66,7 +66,12 @@ pub async fn targets(conn: &mut Conn) -> Result<Vec<Arc<Target>>> {
             Ok(Arc::new(Target {
                 uuid: r.try_get("uuid")?,
                 endpoint: Endpoint::parse(&url).map(Arc::new),
-                secret: r.try_get::<Option<String>, _>("secret")?.and_then(|s| HeaderValue::from_str(&s).ok()),
+                secret: r.try_get::<Option<String>, _>("secret")?.and_then(|s| {
+                    // Marked sensitive: the `Debug` of a target does not show it.
+                    let mut value = HeaderValue::from_str(&s).ok()?;
+                    value.set_sensitive(true);
+                    Some(value)
+                }),
                 signer: PayloadSigner::new(&r.try_get::<String, _>("signing_secret")?),
                 ordering: Ordering::parse(&r.try_get::<String, _>("ordering")?),
                 status: WebhookStatus::parse(&r.try_get::<String, _>("status")?),
