@@ -99,6 +99,40 @@ async fn the_sqlite_wal_starts_over_under_a_steady_stream_of_commits() {
     assert!(largest < written / 2, "the WAL reached {largest} bytes of {written} written");
 }
 
+/// A new database gets the writer's page size (8 KiB, for the drain); a
+/// database created with SQLite's default of 4 KiB keeps it, since in WAL
+/// mode the size cannot change, and is opened and written as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_database_takes_8_kib_pages_and_an_older_one_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let page_size = |db: &Db| {
+        let read = db.read.clone();
+        async move { sql::query_scalar::<i64>("PRAGMA page_size").fetch_one(&read).await.unwrap() }
+    };
+    let new = sqlite_with_table(&dir, "new.db", "CREATE TABLE t (id INTEGER PRIMARY KEY)").await;
+    assert_eq!(page_size(&new).await, 8192);
+
+    let old_path = dir.path().join("old.db");
+    {
+        let old = rusqlite::Connection::open(&old_path).unwrap();
+        old.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('before')")
+            .unwrap();
+    }
+    let old = Db::open(&format!("sqlite://{}", old_path.display()), OpenOptions::default()).await.unwrap();
+    assert_eq!(page_size(&old).await, 4096);
+    old.committer
+        .write(|c| {
+            Box::pin(async move {
+                sql::query("INSERT INTO t VALUES ('after')").execute(c).await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+    let rows: i64 = sql::query_scalar("SELECT COUNT(*) FROM t").fetch_one(&old.read).await.unwrap();
+    assert_eq!(rows, 2);
+}
+
 /// The writer commits while the syncer makes the previous batch durable;
 /// a reader waits until what it read is durable before acting on it (the
 /// delivery engine, after a claim). Under concurrent writes every write is
