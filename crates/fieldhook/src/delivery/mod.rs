@@ -170,9 +170,14 @@ impl InFlight {
 
 /// Attempts recorded per write, at most, and the number worth lingering
 /// for while more attempts are under way (for at most `RESULT_LINGER`).
-const MAX_RESULT_BATCH: usize = 512;
-const RESULT_BATCH: usize = 256;
-const RESULT_LINGER: Duration = Duration::from_millis(5);
+/// A write's cost is mostly per page: the WAL takes every page a commit
+/// touched, and a request's page holds dozens of requests sent one after
+/// the other. 1,024 results per write took 5–10 % less CPU in a drain than
+/// 256 (docs/benchmarks.md, nineteenth round); a result reaches the request
+/// log at most 20 ms later for it, and the receivers are not kept waiting.
+const MAX_RESULT_BATCH: usize = 2048;
+const RESULT_BATCH: usize = 1024;
+const RESULT_LINGER: Duration = Duration::from_millis(20);
 
 /// PostgreSQL: how many webhooks a dispatch pass claims for at once, each
 /// on a connection of the read pool (of 16), which the API shares.
