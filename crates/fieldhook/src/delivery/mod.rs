@@ -928,7 +928,7 @@ impl Engine {
     async fn record_results(&self, stop: CancellationToken) {
         let s = &self.shared;
         let mut rx = self.results_rx.lock().await;
-        let mut batch = Vec::with_capacity(MAX_RESULT_BATCH);
+        let mut batch = Vec::new();
         loop {
             let first = tokio::select! {
                 a = rx.recv() => a,
@@ -956,9 +956,13 @@ impl Engine {
                     _ => break,
                 }
             }
-            // A full-sized buffer stays behind: `take` left an empty one, and
-            // the next batch grew it again, copying attempts at each doubling.
-            let mut attempts = std::mem::replace(&mut batch, Vec::with_capacity(MAX_RESULT_BATCH));
+            // A buffer the size of this batch stays behind: `take` left an
+            // empty one, and the next batch grew it again, copying attempts
+            // at each doubling. Not the largest size: room for 2,048
+            // attempts of a few hundred bytes each, allocated for every write
+            // even when a quiet server records one attempt at a time.
+            let sized = batch.len().next_power_of_two().min(MAX_RESULT_BATCH);
+            let mut attempts = std::mem::replace(&mut batch, Vec::with_capacity(sized));
             metrics::histogram!(crate::metrics::RESULT_BATCH).record(attempts.len() as f64);
             let finished: Vec<(Uuid, Uuid)> = attempts.iter().map(|a| (a.due.request, a.due.webhook)).collect();
             let policy = s.config.policy.clone();
