@@ -170,7 +170,7 @@ impl InFlight {
 
 /// Attempts recorded per write, at most, and the number worth lingering
 /// for while more attempts are under way (for at most `RESULT_LINGER`).
-/// A write's cost is mostly per page: the WAL takes every page a commit
+/// Much of a write's cost is per page: the WAL takes every page a commit
 /// touched, and a request's page holds dozens of requests sent one after
 /// the other. 1,024 results per write took 5–10 % less CPU in a drain than
 /// 256 (docs/benchmarks.md, nineteenth round); a result reaches the request
