@@ -10,16 +10,21 @@ use std::time::Duration;
 async fn sqlite_with_table(dir: &tempfile::TempDir, name: &str, create: &'static str) -> Db {
     let path = dir.path().join(name);
     let db = Db::open(&format!("sqlite://{}", path.display()), OpenOptions::default()).await.unwrap();
+    execute(&db, create).await;
+    db
+}
+
+/// Runs one statement through the writer, as a write of its own.
+async fn execute(db: &Db, statement: &'static str) {
     db.committer
         .write(move |c| {
             Box::pin(async move {
-                sql::query(create).execute(c).await?;
+                sql::query(statement).execute(c).await?;
                 Ok(())
             })
         })
         .await
         .unwrap();
-    db
 }
 
 /// SQLite rewinds the WAL only when a write transaction begins with every
@@ -120,15 +125,7 @@ async fn a_new_database_takes_8_kib_pages_and_an_older_one_keeps_its_own() {
     }
     let old = Db::open(&format!("sqlite://{}", old_path.display()), OpenOptions::default()).await.unwrap();
     assert_eq!(page_size(&old).await, 4096);
-    old.committer
-        .write(|c| {
-            Box::pin(async move {
-                sql::query("INSERT INTO t VALUES ('after')").execute(c).await?;
-                Ok(())
-            })
-        })
-        .await
-        .unwrap();
+    execute(&old, "INSERT INTO t VALUES ('after')").await;
     let rows: i64 = sql::query_scalar("SELECT COUNT(*) FROM t").fetch_one(&old.read).await.unwrap();
     assert_eq!(rows, 2);
 }
@@ -147,15 +144,7 @@ async fn reads_settle_while_the_writer_runs_ahead_of_the_syncer() {
             let db = db.clone();
             tokio::spawn(async move {
                 for _ in 0..200 {
-                    db.committer
-                        .write(|c| {
-                            Box::pin(async move {
-                                sql::query("INSERT INTO t DEFAULT VALUES").execute(c).await?;
-                                Ok(())
-                            })
-                        })
-                        .await
-                        .unwrap();
+                    execute(&db, "INSERT INTO t DEFAULT VALUES").await;
                 }
             })
         })
