@@ -349,7 +349,7 @@ impl Shared {
             from = Some(resume);
             limit = ask.fresh;
         } else if !probe {
-            let positions = deliveries::due_positions(conn, target, limit, now).await?;
+            let positions = deliveries::due_positions(conn, target, limit, now)?;
             let f = self.in_flight.lock().expect("in-flight lock");
             let held =
                 |id: &Uuid| f.requests.contains(id) || f.ahead_ids.contains(id) || f.finished_this_pass.contains(id);
@@ -363,8 +363,7 @@ impl Shared {
             from = Some(positions[first]);
             limit -= first as i64;
         }
-        let (due, end) =
-            deliveries::claim(conn, Backend::Sqlite, target, limit, bound, now, probe, lease, &self.node, from).await?;
+        let (due, end) = deliveries::claim(conn, target, limit, bound, now, probe, lease, &self.node, from).await?;
         // Fewer rows than asked for: every due request from `from` on.
         Ok(Claimed { all_due: (due.len() as i64) < limit, end: end.or(from), due })
     }
@@ -751,7 +750,6 @@ impl Engine {
                 let mut conn = s.db.read.acquire().await?;
                 let (due, end) = deliveries::claim(
                     &mut conn,
-                    Backend::Postgres,
                     target,
                     ask.fresh,
                     bound,

@@ -142,7 +142,6 @@ impl Due {
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,
-    backend: Backend,
     target: &Target,
     limit: i64,
     max_in_flight: i64,
@@ -155,11 +154,11 @@ pub async fn claim(
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
     let ordered = ordered_clause(target);
-    if backend == Backend::Postgres {
+    let Conn::Sqlite(sqlite) = conn else {
         let until = to_micros(now + chrono::TimeDelta::from_std(lease).unwrap_or_default());
         let bounds = Leasing { limit, max_in_flight, now: now_us, due_by, until };
         return claim_leased(conn, target, bounds, node, ordered, from).await;
-    }
+    };
     // From a position in claim order (see `due_positions`).
     let (from, from_send_at, from_uuid) = match from {
         Some(p) => (" AND (r.send_at, r.uuid) >= ($5, $6)", p.send_at, p.uuid.to_string()),
@@ -174,9 +173,25 @@ pub async fn claim(
     if !from.is_empty() {
         q = q.bind(from_send_at).bind(from_uuid);
     }
-    let rows = q.fetch_all(&mut *conn).await?;
-    let end = last_position(&rows)?;
-    Ok((dues(rows, target)?, end))
+    // Read in place (`map_sqlite`): a drain's claims read hundreds of rows,
+    // each with its event's body. The columns by position, as selected.
+    let mut end = None;
+    let due = q.map_sqlite(sqlite, |r| {
+        let request = r.uuid(0)?;
+        end = Some(Position { send_at: r.int(8)?, uuid: request });
+        Ok(Due {
+            request,
+            webhook: target.uuid,
+            event_uuid: r.uuid(1)?,
+            entity_version: r.int(2)?,
+            attempt_no: r.int(3)?,
+            retry_no: r.int(4)?,
+            body: Bytes::copy_from_slice(r.bytes(5)?),
+            event_created_at: from_micros(r.int(6)?),
+            row: Some(r.int(7)?),
+        })
+    })?;
+    Ok((due, end))
 }
 
 /// Due now and not leased: `$1` the webhook, `$2` now, `$4` the latest
@@ -347,8 +362,11 @@ pub struct Position {
 /// holds, so a claim would return those first, bodies and all, only for
 /// them to be skipped; with these positions it can start [`claim`] at the
 /// first one it does not hold.
-pub async fn due_positions(conn: &mut Conn, target: &Target, limit: i64, now: DateTime<Utc>) -> Result<Vec<Position>> {
-    let rows = sql::query(&format!(
+pub fn due_positions(conn: &mut Conn, target: &Target, limit: i64, now: DateTime<Utc>) -> Result<Vec<Position>> {
+    let Conn::Sqlite(sqlite) = conn else {
+        return Err(anyhow::anyhow!("claim positions are read on SQLite only").into());
+    };
+    let positions = sql::query(&format!(
         "SELECT r.send_at, r.uuid FROM requests r \
          WHERE r.webhook_uuid = $1 AND r.status = 'scheduled' AND r.send_at <= $2{} \
          ORDER BY r.send_at, r.uuid LIMIT $3",
@@ -357,9 +375,8 @@ pub async fn due_positions(conn: &mut Conn, target: &Target, limit: i64, now: Da
     .bind(target.uuid.to_string())
     .bind(to_micros(now))
     .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    rows.iter().map(|r| Ok(Position { send_at: r.try_get("send_at")?, uuid: r.try_get("uuid")? })).collect()
+    .map_sqlite(sqlite, |r| Ok(Position { send_at: r.int(0)?, uuid: r.uuid(1)? }))?;
+    Ok(positions)
 }
 
 /// When the next scheduled request of an active webhook falls due, if any.

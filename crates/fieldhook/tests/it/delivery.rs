@@ -1096,8 +1096,5 @@ async fn claim_for(
     let mut conn = app.db.read.acquire().await.unwrap();
     let now = fieldhook::clock::Clock::now(&app.clock);
     let lease = Duration::from_secs(60);
-    fieldhook::storage::deliveries::claim(&mut conn, app.db.backend, target, 10, 16, now, false, lease, "test", None)
-        .await
-        .unwrap()
-        .0
+    fieldhook::storage::deliveries::claim(&mut conn, target, 10, 16, now, false, lease, "test", None).await.unwrap().0
 }

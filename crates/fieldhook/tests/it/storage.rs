@@ -130,6 +130,37 @@ async fn a_new_database_takes_8_kib_pages_and_an_older_one_keeps_its_own() {
     assert_eq!(rows, 2);
 }
 
+/// `map_sqlite` (the drain's claims) reads each row's columns by position,
+/// as SQLite holds them: integers, texts as their bytes (not re-checked),
+/// uuids parsed from text. A column of another type is an error that names
+/// the column, not a panic or a wrong value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_read_in_place_decode_by_position_and_a_mismatch_names_its_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_with_table(&dir, "in-place.db", "CREATE TABLE t (n INTEGER, id TEXT, body TEXT)").await;
+    execute(
+        &db,
+        "INSERT INTO t VALUES (7, '0191f1e4-7c3a-7d2e-9a4b-5c6d7e8f9a0b', '{\"caf\u{e9}\":1}'), (8, 'not a uuid', 'x')",
+    )
+    .await;
+    let mut conn = db.read.acquire().await.unwrap();
+    let sql::Conn::Sqlite(c) = &mut *conn else { panic!("a SQLite database reads through SQLite") };
+
+    let rows = sql::query("SELECT n, id, body FROM t WHERE n = $1")
+        .bind(7i64)
+        .map_sqlite(c, |r| Ok((r.int(0)?, r.uuid(1)?, r.bytes(2)?.to_vec())))
+        .unwrap();
+    let id = uuid::Uuid::parse_str("0191f1e4-7c3a-7d2e-9a4b-5c6d7e8f9a0b").unwrap();
+    assert_eq!(rows, vec![(7, id, "{\"caf\u{e9}\":1}".as_bytes().to_vec())]);
+
+    let not_a_uuid = sql::query("SELECT n, id FROM t WHERE n = 8").map_sqlite(c, |r| r.uuid(1)).unwrap_err();
+    assert!(not_a_uuid.to_string().starts_with("column #1: "), "{not_a_uuid}");
+    let text_for_int = sql::query("SELECT id FROM t WHERE n = 7").map_sqlite(c, |r| r.int(0)).unwrap_err();
+    assert_eq!(text_for_int.to_string(), "column #0: expected an integer, found Text");
+    let no_such = sql::query("SELECT n FROM t WHERE n = 7").map_sqlite(c, |r| r.int(3)).unwrap_err();
+    assert!(no_such.to_string().starts_with("column #3: "), "{no_such}");
+}
+
 /// The writer commits while the syncer makes the previous batch durable;
 /// a reader waits until what it read is durable before acting on it (the
 /// delivery engine, after a claim). Under concurrent writes every write is
