@@ -523,38 +523,45 @@ async fn switching_to_entity_ordering_holds_back_what_was_already_queued(app: Te
     }
 }
 
-/// A receiver replicating one job, answering as webhooks.md describes.
-fn replicator(full: bool) -> impl FnMut(&crate::receiver::Received) -> Answer + Send {
-    let mut stored: i64 = 0;
+/// A receiver replicating one job, answering as webhooks.md describes; the
+/// version it holds is kept in `stored`, for the test to read.
+fn replicator(
+    full: bool,
+    stored: std::sync::Arc<std::sync::atomic::AtomicI64>,
+) -> impl FnMut(&crate::receiver::Received) -> Answer + Send {
+    use std::sync::atomic::Ordering::SeqCst;
     move |r| {
         let v = r.body["job"]["version"].as_i64().unwrap_or(0);
+        let held = stored.load(SeqCst);
         if full {
-            if v == stored + 1 {
-                stored = v;
+            if v == held + 1 {
+                stored.store(v, SeqCst);
                 Answer::Status(200)
-            } else if v <= stored {
+            } else if v <= held {
                 Answer::Status(200)
             } else {
                 Answer::Status(422)
             }
         } else {
-            stored = stored.max(v);
+            stored.store(held.max(v), SeqCst);
             Answer::Status(200)
         }
     }
 }
 
 async fn last_write_wins_and_full_replication_receivers_converge(app: TestApp) {
+    use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
     let lww = Receiver::start().await;
     let full = Receiver::start().await;
     let flaky = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut lww_policy = replicator(false);
+    let (lww_holds, full_holds) = (std::sync::Arc::new(AtomicI64::new(0)), std::sync::Arc::new(AtomicI64::new(0)));
+    let mut lww_policy = replicator(false, lww_holds.clone());
     let f = flaky.clone();
     lww.answer_with(move |r| {
         // Fail every fourth attempt so that retries overtake newer events.
-        if f.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 4 == 3 { Answer::Status(500) } else { lww_policy(r) }
+        if f.fetch_add(1, SeqCst) % 4 == 3 { Answer::Status(500) } else { lww_policy(r) }
     });
-    full.answer_with(replicator(true));
+    full.answer_with(replicator(true, full_holds.clone()));
     let types = ["job_created", "job_updated", "job_removed"];
     app.webhook(&lww.url, &types).await;
     app.webhook(&full.url, &types).await;
@@ -563,20 +570,25 @@ async fn last_write_wins_and_full_replication_receivers_converge(app: TestApp) {
         app.patch(&format!("/v2/jobs/{job}"), json!({"description": format!("v{v}")})).await;
     }
     let final_version = 30;
-    let acked_max =
-        |rx: &Receiver| rx.received().iter().filter_map(|r| r.body["job"]["version"].as_i64()).max().unwrap_or(0);
-    for _ in 0..300 {
-        if acked_max(&full) == final_version && acked_max(&lww) == final_version {
+    // Until both hold the last version. (Not until it has merely arrived:
+    // the full replicator refuses a version that overtook an earlier one,
+    // with 422, and takes it on a retry once the earlier one is in. Each
+    // refusal lengthens that version's next delay, so a chain of them can
+    // take a day or more of retries: the clock moves up to eight days, past
+    // the whole retry schedule, two minutes at a time at first.)
+    for step in 0..400 {
+        if full_holds.load(SeqCst) == final_version && lww_holds.load(SeqCst) == final_version {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        app.advance(Duration::from_secs(120));
+        app.advance(Duration::from_secs(if step < 200 { 120 } else { 3600 }));
     }
     // Both converge: the full replicator has applied every version in turn.
     let applied: std::collections::BTreeSet<i64> =
         full.received().iter().filter_map(|r| r.body["job"]["version"].as_i64()).collect();
     assert_eq!(applied, (1..=final_version).collect(), "full replication saw every version");
-    assert_eq!(acked_max(&lww), final_version);
+    assert_eq!(full_holds.load(SeqCst), final_version, "full replication applied every version in turn");
+    assert_eq!(lww_holds.load(SeqCst), final_version);
 }
 
 async fn a_dead_endpoint_does_not_delay_a_healthy_one(app: TestApp) {
