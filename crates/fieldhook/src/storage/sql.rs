@@ -290,14 +290,16 @@ pub struct SqliteRow<'r, 's> {
 
 impl SqliteRow<'_, '_> {
     fn value(&self, at: usize) -> SqlResult<rusqlite::types::ValueRef<'_>> {
-        self.row.get_ref(at).map_err(|e| SqlError::Decode { column: format!("#{at}"), problem: e.to_string() })
+        self.row.get_ref(at).map_err(|e| Self::error(at, e.to_string()))
+    }
+
+    /// Column `at` (named as [`Row::try_get`] names a position) could not be read.
+    fn error(at: usize, problem: String) -> SqlError {
+        SqlError::Decode { column: at.describe(), problem }
     }
 
     fn mismatch(at: usize, expected: &str, found: rusqlite::types::ValueRef<'_>) -> SqlError {
-        SqlError::Decode {
-            column: format!("#{at}"),
-            problem: format!("expected {expected}, found {:?}", found.data_type()),
-        }
+        Self::error(at, format!("expected {expected}, found {:?}", found.data_type()))
     }
 
     /// # Errors
@@ -326,8 +328,7 @@ impl SqliteRow<'_, '_> {
     /// # Errors
     /// When column `at` is missing or does not hold a uuid.
     pub fn uuid(&self, at: usize) -> SqlResult<uuid::Uuid> {
-        uuid::Uuid::try_parse_ascii(self.bytes(at)?)
-            .map_err(|e| SqlError::Decode { column: format!("#{at}"), problem: e.to_string() })
+        uuid::Uuid::try_parse_ascii(self.bytes(at)?).map_err(|e| Self::error(at, e.to_string()))
     }
 }
 

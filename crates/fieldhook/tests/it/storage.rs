@@ -1,4 +1,5 @@
-//! The SQLite write path under a steady stream of commits.
+//! The SQLite storage layer: the write path under a steady stream of
+//! commits, page sizes, and rows read in place.
 
 use fieldhook::storage::sql;
 use fieldhook::storage::{Db, OpenOptions};
