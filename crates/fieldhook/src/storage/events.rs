@@ -18,27 +18,49 @@ const INSERT_EVENT: &str = "INSERT INTO events (uuid, account_uuid, event_type, 
 /// Writes `event` to the outbox with one pending request for every webhook
 /// of the account that subscribes to its type.
 pub async fn record(conn: &mut Conn, account: Uuid, event: &Event) -> Result<()> {
-    let subscribers = match conn.backend() {
-        // One round trip fewer per change on the committer's connection,
-        // whose round trips, one after another, bound how many changes a
-        // second PostgreSQL takes: the event is inserted by the statement
-        // that reads its subscribers (a data-modifying WITH runs whether
-        // or not its output is read).
-        Backend::Postgres => {
-            let text = format!("WITH e AS ({INSERT_EVENT}) {}", webhooks::select_subscribers!("$2", "$9"));
-            let rows = bind_event(sql::query(&text), account, event)
-                .bind(webhooks::subscription_pattern(event))
-                .fetch_all(&mut *conn)
-                .await?;
-            counted(event);
-            rows
-        }
+    match conn.backend() {
+        // On the committer's connection, round trips, one after another,
+        // bound how many changes a second PostgreSQL takes (and how long a
+        // group commit holds its events back): the event, its subscribers
+        // and their requests are one statement ([`record_and_fan_out`]).
+        Backend::Postgres => record_and_fan_out(conn, account, event).await?,
         Backend::Sqlite => {
             record_only(conn, account, event).await?;
-            webhooks::subscribers(conn, account, event).await?
+            let subscribers = webhooks::subscribers(conn, account, event).await?;
+            webhooks::fan_out(conn, account, event, &subscribers).await?;
         }
-    };
-    webhooks::fan_out(conn, account, event, &subscribers).await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: inserts the event and, for each subscriber
+/// ([`webhooks::select_subscribers`]), its first request, in one statement
+/// (data-modifying WITHs run whether or not their output is read, and the
+/// requests' foreign keys are checked at its end, when the event is there).
+///
+/// The requests' uuids are one `Uuid::now_v7` with its last 32 bits (8 hex
+/// digits) replaced by the subscriber's number. Those bits are random
+/// padding: the time, and the 42-bit counter that keeps one process's v7
+/// uuids apart and in order, come before them. So the requests' uuids stay
+/// unique and ordered by creation, which pruning relies on
+/// ([`super::deliveries::prune`]).
+async fn record_and_fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<()> {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = TEXT.get_or_init(|| {
+        format!(
+            "WITH e AS ({INSERT_EVENT}), s AS ({}) {}\
+             SELECT overlay($10 placing lpad(to_hex(row_number() OVER ()), 8, '0') from 29 for 8), \
+             $2, s.uuid, $1, $3, $4, $5, $6, 1, 0, 'scheduled', $8, $8, 1 FROM s",
+            webhooks::select_subscribers!("$2", "$9"),
+            webhooks::insert_request_into!(),
+        )
+    });
+    bind_event(sql::query(text), account, event)
+        .bind(webhooks::subscription_pattern(event))
+        .bind(Uuid::now_v7().to_string())
+        .execute(conn)
+        .await?;
+    counted(event);
     Ok(())
 }
 

@@ -208,11 +208,12 @@ pub async fn subscribers(conn: &mut Conn, account: Uuid, event: &Event) -> Resul
         .await?)
 }
 
-/// Writes one pending request (attempt 1, due now) for every webhook of the
-/// account subscribed to the event, as [`subscribers`] found them. Runs in
-/// the event's transaction.
+/// SQLite: writes one pending request (attempt 1, due now) for every
+/// webhook of the account subscribed to the event, as [`subscribers`]
+/// found them. Runs in the event's transaction. (PostgreSQL writes them
+/// with the event, in one statement: `events::record_and_fan_out`.)
 ///
-/// On the SQLite writer each request of an active webhook without entity
+/// Each request of an active webhook without entity
 /// ordering is also handed to the delivery engine, so that no claim has to
 /// read it back ([`super::handoff`]); those of entity-ordered webhooks wait
 /// for their turn in a claim, and probes of suspended ones are claimed too.
@@ -237,8 +238,10 @@ pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event, subscribers:
     Ok(subscribers.len())
 }
 
-/// One attempt to schedule: the single place a request row is written
-/// (fan-out, test events, resends, retries).
+/// One attempt to schedule: the single place a request row is written on
+/// its own (SQLite's fan-out, test events, resends, retries). Retries and
+/// PostgreSQL's fan-out write theirs with a statement of their own, from
+/// the same [`insert_request_into`].
 pub(crate) struct NewRequest<'a> {
     pub account: &'a str,
     pub webhook: &'a str,
