@@ -213,10 +213,10 @@ pub async fn subscribers(conn: &mut Conn, account: Uuid, event: &Event) -> Resul
 /// found them. Runs in the event's transaction. (PostgreSQL writes them
 /// with the event, in one statement: `events::record_and_fan_out`.)
 ///
-/// Each request of an active webhook without entity
-/// ordering is also handed to the delivery engine, so that no claim has to
-/// read it back ([`super::handoff`]); those of entity-ordered webhooks wait
-/// for their turn in a claim, and probes of suspended ones are claimed too.
+/// Each request of an active webhook without entity ordering is also
+/// handed to the delivery engine, so that no claim has to read it back
+/// ([`super::handoff`]); those of entity-ordered webhooks wait for their
+/// turn in a claim, and probes of suspended ones are claimed too.
 pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event, subscribers: &[sql::Row]) -> Result<usize> {
     // One copy of the body, shared by every request handed over.
     let mut body: Option<bytes::Bytes> = None;
