@@ -43,7 +43,9 @@ pub async fn record(conn: &mut Conn, account: Uuid, event: &Event) -> Result<()>
 /// padding: the time, and the 42-bit counter that keeps one process's v7
 /// uuids apart and in order, come before them. So the requests' uuids stay
 /// unique and ordered by creation, which pruning relies on
-/// ([`super::deliveries::prune`]).
+/// ([`super::deliveries::prune`]). Across nodes, uuids of the same
+/// millisecond are kept apart by that counter, which each node reseeds at
+/// random every millisecond: 41 random bits, against 74 in a whole v7 uuid.
 async fn record_and_fan_out(conn: &mut Conn, account: Uuid, event: &Event) -> Result<()> {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let text = TEXT.get_or_init(|| {
