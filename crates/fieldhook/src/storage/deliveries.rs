@@ -303,7 +303,7 @@ async fn claim_leased(
     claimed
 }
 
-/// Where the last of a claim's rows (in claim order) stands.
+/// Where the last of a PostgreSQL claim's rows (in claim order) stands.
 fn last_position(rows: &[sql::Row]) -> Result<Option<Position>> {
     match rows.last() {
         Some(r) => Ok(Some(Position { send_at: r.try_get("send_at")?, uuid: r.try_get("uuid")? })),
@@ -311,7 +311,8 @@ fn last_position(rows: &[sql::Row]) -> Result<Option<Position>> {
     }
 }
 
-/// The requests a claim read, ready to send.
+/// The requests a PostgreSQL claim read, ready to send. (SQLite's claims
+/// decode their rows in place, in [`claim`].)
 fn dues(rows: Vec<sql::Row>, target: &Target) -> Result<Vec<Due>> {
     rows.into_iter()
         .map(|mut r| {

@@ -217,7 +217,7 @@ pub async fn subscribers(conn: &mut Conn, account: Uuid, event: &Event) -> Resul
 /// handed to the delivery engine, so that no claim has to read it back
 /// ([`super::handoff`]); those of entity-ordered webhooks wait for their
 /// turn in a claim, and probes of suspended ones are claimed too.
-pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event, subscribers: &[sql::Row]) -> Result<usize> {
+pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event, subscribers: &[sql::Row]) -> Result<()> {
     // One copy of the body, shared by every request handed over.
     let mut body: Option<bytes::Bytes> = None;
     for sub in subscribers {
@@ -235,7 +235,7 @@ pub async fn fan_out(conn: &mut Conn, account: Uuid, event: &Event, subscribers:
             WebhookStatus::Active | WebhookStatus::Suspended => {}
         }
     }
-    Ok(subscribers.len())
+    Ok(())
 }
 
 /// One attempt to schedule: the single place a request row is written on
