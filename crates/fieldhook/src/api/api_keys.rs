@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyInput {
     /// Which integration uses the key ("the CRM", "billing").
+    #[schema(max_length = 200, pattern = r"\S")]
     pub name: String,
     /// Scope names, or `*` for all.
     pub scopes: Vec<String>,

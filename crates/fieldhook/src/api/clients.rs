@@ -71,7 +71,7 @@ pub struct ClientList {
 /// List clients, newest first.
 #[utoipa::path(get, path = "/v2/clients", tag = "clients",
     params(
-        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1..100, default 50"),
         ("after" = Option<Uuid>, Query, description = "uuid of the last item seen"),
         ("updated_at[after]" = Option<String>, Query), ("updated_at[before]" = Option<String>, Query)),
     responses((status = 200, body = ClientList), (status = "4XX", body = ErrorBody)),

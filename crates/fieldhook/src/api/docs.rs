@@ -175,6 +175,62 @@ pub fn example(event: EventType) -> Value {
     serde_json::from_str(&body.expect("examples serialise").body).expect("valid JSON")
 }
 
+/// What a create requires beyond its body's schema: its input type also
+/// serves the PATCH, where every field may be left out. Each field named
+/// here must be present, a string with something besides whitespace, and
+/// the domain's `required` check answers 422 without it.
+const CREATE_REQUIRES: &[(&str, &[&str])] = &[
+    ("/v2/sites", &["name"]),
+    ("/v2/teams", &["name"]),
+    ("/v2/job_types", &["code"]),
+    ("/v2/users", &["email"]),
+    ("/v2/webhooks", &["url"]),
+];
+
+/// States the rules of the request bodies that the derived schemas cannot,
+/// so that a client generated from the document sends what the API
+/// accepts: what each create requires ([`CREATE_REQUIRES`]; a webhook also
+/// needs at least one event type), and the names that event types and
+/// scopes take, from the lists the validation itself reads.
+///
+/// It edits the document as JSON, since utoipa's types cannot read back
+/// schemas such as a bare `{"required": [...]}`; so it comes last, and the
+/// JSON it returns is what `/v2/openapi.json` serves.
+pub fn with_input_rules(doc: OpenApi) -> Value {
+    let mut v = serde_json::to_value(&doc).expect("the document serialises");
+    for (path, fields) in CREATE_REQUIRES {
+        let body = &mut v["paths"][*path]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert!(body.is_object(), "{path} has a POST with a JSON body");
+        let mut overlay = json!({"type": "object", "required": fields, "properties": {}});
+        for field in *fields {
+            overlay["properties"][*field] = json!({"type": "string", "pattern": r"\S"});
+        }
+        if *path == "/v2/webhooks" {
+            overlay["required"].as_array_mut().expect("a list").push("event_types".into());
+            overlay["properties"]["event_types"] = json!({"type": "array", "minItems": 1});
+        }
+        *body = json!({"allOf": [body.take(), overlay]});
+    }
+    // A client is an organization with its name, or a person with at least
+    // one of three names (`ClientInput::create`).
+    let named = |field: &str| json!({"required": [field], "properties": {field: {"type": "string", "pattern": r"\S"}}});
+    let client = &mut v["paths"]["/v2/clients"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    *client = json!({"allOf": [client.take(), {"anyOf": [
+        {"allOf": [{"required": ["organization"], "properties": {"organization": {"const": true}}}, named("organization_name")]},
+        {"allOf": [
+            {"properties": {"organization": {"enum": [false, null]}}},
+            {"anyOf": [named("first_name"), named("middle_name"), named("last_name")]},
+        ]},
+    ]}]});
+    let event_types: Vec<&str> = EventType::ALL.iter().filter(|e| e.subscribable()).map(|e| e.name()).collect();
+    let scopes: Vec<&str> = std::iter::once("*").chain(crate::domain::scope::ALL_SCOPES.iter().copied()).collect();
+    let schemas = &mut v["components"]["schemas"];
+    schemas["WebhookInput"]["properties"]["event_types"]["items"]["enum"] = json!(event_types);
+    schemas["ApiKeyInput"]["properties"]["scopes"]["items"]["enum"] = json!(scopes);
+    schemas["ApiKeyInput"]["properties"]["scopes"]["minItems"] = json!(1);
+    v
+}
+
 /// Adds the `webhooks` section (OpenAPI 3.1): one entry per event type.
 pub fn with_webhooks(mut doc: OpenApi) -> OpenApi {
     let components = doc.components.get_or_insert_with(Default::default);

@@ -41,7 +41,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// An optional JSON body (job actions): empty means `T::default()`.
+/// An optional JSON body (job actions): empty, or `null` (which the
+/// document allows, as the body's schema is nullable), means `T::default()`.
 pub struct OptionalJsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
@@ -55,7 +56,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         if empty {
             return Ok(OptionalJsonBody(T::default()));
         }
-        JsonBody::<T>::from_request(req, state).await.map(|b| OptionalJsonBody(b.value))
+        JsonBody::<Option<T>>::from_request(req, state).await.map(|b| OptionalJsonBody(b.value.unwrap_or_default()))
     }
 }
 

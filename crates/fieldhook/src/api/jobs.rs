@@ -257,7 +257,7 @@ pub struct JobList {
 /// List jobs, newest first, with filters.
 #[utoipa::path(get, path = "/v2/jobs", tag = "jobs",
     params(
-        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1..100, default 50"),
         ("after" = Option<Uuid>, Query, description = "uuid of the last item seen"),
         ("status[]" = Option<Vec<Status>>, Query, description = "any of these statuses"),
         ("scheduled_at[after]" = Option<String>, Query), ("scheduled_at[before]" = Option<String>, Query),

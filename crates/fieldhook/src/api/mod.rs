@@ -112,10 +112,10 @@ pub fn v2_routes() -> OpenApiRouter<AppState> {
 /// still answer the service endpoints.
 pub fn router(state: AppState, serve_v2: bool) -> Router {
     let (v2, doc) = v2_routes().split_for_parts();
-    let doc = docs::with_webhooks(doc);
+    let doc = docs::with_input_rules(docs::with_webhooks(doc));
     let mut app = service::router();
     if serve_v2 {
-        app = app.merge(v2).merge(SwaggerUi::new("/docs").url("/v2/openapi.json", doc));
+        app = app.merge(v2).merge(SwaggerUi::new("/docs").external_url_unchecked("/v2/openapi.json", doc));
     }
     app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

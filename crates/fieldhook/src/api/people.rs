@@ -39,7 +39,7 @@ pub struct NotificationList {
 
 /// A user's assignee notifications, newest first.
 #[utoipa::path(get, path = "/v2/users/{uuid}/notifications", tag = "users",
-    params(("uuid" = Uuid, Path), ("limit" = Option<i64>, Query), ("after" = Option<Uuid>, Query)),
+    params(("uuid" = Uuid, Path), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("after" = Option<Uuid>, Query)),
     responses((status = 200, body = NotificationList), (status = "4XX", body = ErrorBody)),
     security(("api_key" = ["users:read"])))]
 pub async fn list_notifications(
@@ -121,7 +121,7 @@ pub async fn create_user(
 
 /// List users.
 #[utoipa::path(get, path = "/v2/users", tag = "users",
-    params(("limit" = Option<i64>, Query), ("after" = Option<Uuid>, Query)),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("after" = Option<Uuid>, Query)),
     responses((status = 200, body = UserList), (status = "4XX", body = ErrorBody)),
     security(("api_key" = ["users:read"])))]
 pub async fn list_users(State(state): State<AppState>, auth: Auth, q: QueryParams) -> Result<Response> {
@@ -248,7 +248,7 @@ pub async fn create_team(
 
 /// List teams.
 #[utoipa::path(get, path = "/v2/teams", tag = "teams",
-    params(("limit" = Option<i64>, Query), ("after" = Option<Uuid>, Query)),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("after" = Option<Uuid>, Query)),
     responses((status = 200, body = TeamList), (status = "4XX", body = ErrorBody)),
     security(("api_key" = ["users:read"])))]
 pub async fn list_teams(State(state): State<AppState>, auth: Auth, q: QueryParams) -> Result<Response> {
@@ -357,7 +357,7 @@ pub async fn create_job_type(
 
 /// List job types.
 #[utoipa::path(get, path = "/v2/job_types", tag = "job types",
-    params(("limit" = Option<i64>, Query), ("after" = Option<Uuid>, Query)),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("after" = Option<Uuid>, Query)),
     responses((status = 200, body = JobTypeList), (status = "4XX", body = ErrorBody)),
     security(("api_key" = ["jobs:read"])))]
 pub async fn list_job_types(State(state): State<AppState>, auth: Auth, q: QueryParams) -> Result<Response> {

@@ -358,8 +358,8 @@ macro_rules! resource_handlers {
         #[doc = "The events of one resource, oldest first; one version never spans two pages."]
         #[utoipa::path(get, path = $history, tag = $tag,
             params(("id" = String, Path, description = "uuid or external_id"),
-                ("after" = Option<i64>, Query, description = "only versions after this one"),
-                ("limit" = Option<i64>, Query, description = "1..100, default 20")),
+                ("after" = Option<i64>, Query, minimum = 0, description = "only versions after this one"),
+                ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1..100, default 20")),
             responses((status = 200, body = $crate::api::HistoryPage), (status = "4XX", body = $crate::api::error::ErrorBody)),
             security(("api_key" = [$read])))]
         pub async fn $hist(

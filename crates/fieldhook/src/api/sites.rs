@@ -72,7 +72,7 @@ pub struct SiteList {
 /// List sites, newest first.
 #[utoipa::path(get, path = "/v2/sites", tag = "sites",
     params(
-        ("limit" = Option<i64>, Query, description = "1..100, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1..100, default 50"),
         ("after" = Option<Uuid>, Query, description = "uuid of the last item seen"),
         ("client_uuid" = Option<Uuid>, Query, description = "only sites of this client"),
         ("updated_at[after]" = Option<String>, Query), ("updated_at[before]" = Option<String>, Query)),

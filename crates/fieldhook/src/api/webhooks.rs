@@ -103,7 +103,7 @@ pub async fn create_webhook(
 
 /// List webhooks, newest first.
 #[utoipa::path(get, path = "/v2/webhooks", tag = "webhooks",
-    params(("limit" = Option<i64>, Query), ("after" = Option<Uuid>, Query)),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("after" = Option<Uuid>, Query)),
     responses((status = 200, body = WebhookList), (status = "4XX", body = ErrorBody)),
     security(("api_key" = ["webhooks:read"])))]
 pub async fn list_webhooks(State(state): State<AppState>, auth: Auth, mut q: QueryParams) -> Result<Response> {
@@ -235,8 +235,8 @@ pub async fn test_webhook(State(state): State<AppState>, auth: Auth, Path(id): P
 /// The request log of a webhook, newest first.
 #[utoipa::path(get, path = "/v2/webhooks/{uuid}/requests", tag = "webhooks",
     params(("uuid" = Uuid, Path),
-        ("filter" = Option<String>, Query, description = "`scheduled` (still waiting) or `failed` (retries ran out)"),
-        ("limit" = Option<i64>, Query), ("after" = Option<Uuid>, Query)),
+        ("filter" = Option<String>, Query, pattern = "^(scheduled|failed)$", description = "`scheduled` (still waiting) or `failed` (retries ran out)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100), ("after" = Option<Uuid>, Query)),
     responses((status = 200, body = RequestList), (status = "4XX", body = ErrorBody)),
     security(("api_key" = ["webhooks:read"])))]
 pub async fn list_requests(

@@ -38,21 +38,21 @@ pub struct Client {
 #[serde(deny_unknown_fields)]
 pub struct ClientInput {
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 500)]
     pub external_id: Option<Option<String>>,
     #[serde(default)]
     pub organization: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 5000)]
     pub organization_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 50)]
     pub first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 50)]
     pub middle_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 50)]
     pub last_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Address>)]
@@ -125,7 +125,7 @@ impl ClientInput {
                 Some(n) => max_len(&mut v, "organization_name", Some(n), 5000),
             }
         } else if c.first_name.is_none() && c.middle_name.is_none() && c.last_name.is_none() {
-            v.add("first_name", "first_name, middle_name or last_name is required for a person");
+            v.add("first_name", "(or middle_name, or last_name) is required for a person");
         }
         for (field, value) in
             [("first_name", &c.first_name), ("middle_name", &c.middle_name), ("last_name", &c.last_name)]

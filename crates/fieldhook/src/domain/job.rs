@@ -228,8 +228,10 @@ pub struct Resolution {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportField {
+    #[schema(max_length = 200, pattern = r"\S")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     pub value: Option<String>,
 }
 
@@ -469,6 +471,8 @@ pub struct ActionInput {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportInput {
+    /// At most [`MAX_REPORT_FIELDS`] (the attribute needs the literal).
+    #[schema(max_items = 200)]
     pub report_fields: Vec<ReportField>,
 }
 

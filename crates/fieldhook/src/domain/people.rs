@@ -33,13 +33,15 @@ pub struct User {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserInput {
+    /// An e-mail address (`looks_like_email`), unique in the account.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = r"^[^@\s\u0085]+@[^@\s\u0085.][^@\s\u0085]*\.[^@\s\u0085]*[^@\s\u0085.]$")]
     pub email: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 50)]
     pub first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 50)]
     pub last_name: Option<Option<String>>,
     #[serde(default)]
     pub role: Option<Role>,
@@ -93,6 +95,7 @@ pub struct Team {
 #[serde(deny_unknown_fields)]
 pub struct TeamInput {
     #[serde(default)]
+    #[schema(max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     /// Users of this account; the storage layer checks that they exist.
     #[serde(default)]
@@ -137,8 +140,10 @@ pub struct JobType {
 #[serde(deny_unknown_fields)]
 pub struct JobTypeInput {
     #[serde(default)]
+    #[schema(max_length = 100, pattern = r"\S")]
     pub code: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub name: Option<String>,
 }
 

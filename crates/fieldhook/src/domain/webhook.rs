@@ -94,12 +94,16 @@ pub struct Webhook {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
+    /// An http or https URL (`check_url`), in ASCII (a host in another
+    /// script is written in its punycode form).
     #[serde(default)]
+    #[schema(max_length = 2000, pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9\[][!-~]*$")]
     pub url: Option<String>,
     #[serde(default)]
     pub event_types: Option<Vec<String>>,
+    /// Sent as a header: printable ASCII only.
     #[serde(default, deserialize_with = "super::common::nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = "^[ -~]*$")]
     pub secret: Option<Option<String>>,
     #[serde(default)]
     pub ordering: Option<Ordering>,

@@ -127,6 +127,102 @@ fn assert_valid(doc: &Value, name: &str, body: &Value) {
     assert!(errors.is_empty(), "{name} does not describe {body}: {errors:?}");
 }
 
+/// Whether `body` satisfies the JSON request body of `method path` in `doc`.
+fn body_fits(doc: &Value, method: &str, path: &str, body: &Value) -> bool {
+    let schema = &doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {path} documents a JSON body");
+    let root = json!({"allOf": [schema], "components": doc["components"]});
+    let validator =
+        jsonschema::options().with_draft(jsonschema::Draft::Draft202012).build(&root).expect("a valid schema");
+    validator.is_valid(body)
+}
+
+/// Whether `value` satisfies the query parameter `name` of `GET path` in `doc`.
+fn param_fits(doc: &Value, path: &str, name: &str, value: &Value) -> bool {
+    let params = doc["paths"][path]["get"]["parameters"].as_array().expect("parameters");
+    let schema = &params.iter().find(|p| p["name"] == name).expect("the parameter is documented")["schema"];
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(schema)
+        .expect("a valid schema")
+        .is_valid(value)
+}
+
+/// What the document says a request must be is what the API accepts: each
+/// body below is judged by the schema and by the server, and the two agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_states_what_the_api_requires_of_a_request() {
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await.unwrap();
+    let doc = document(&app).await;
+    let rx = Receiver::start().await;
+    let cases: Vec<(&str, Value, bool)> = vec![
+        // What each create requires (its input type also serves the PATCH).
+        ("/v2/sites", json!({}), false),
+        ("/v2/sites", json!({"name": null}), false),
+        ("/v2/sites", json!({"name": "  "}), false),
+        ("/v2/sites", json!({"name": "Depot"}), true),
+        ("/v2/sites", json!({"name": "x".repeat(301)}), false),
+        ("/v2/teams", json!({}), false),
+        ("/v2/teams", json!({"name": "Night shift"}), true),
+        ("/v2/job_types", json!({"name": "Repair"}), false),
+        ("/v2/job_types", json!({"code": "repair"}), true),
+        ("/v2/users", json!({"first_name": "Ann"}), false),
+        ("/v2/users", json!({"email": "ann@"}), false),
+        ("/v2/users", json!({"email": "ann@acme.io"}), true),
+        ("/v2/webhooks", json!({"url": rx.url}), false),
+        ("/v2/webhooks", json!({"url": rx.url, "event_types": []}), false),
+        ("/v2/webhooks", json!({"url": rx.url, "event_types": ["job_made"]}), false),
+        ("/v2/webhooks", json!({"url": "ftp://acme.io/", "event_types": ["job_created"]}), false),
+        ("/v2/webhooks", json!({"url": rx.url, "event_types": ["job_created"], "secret": "tab\there"}), false),
+        ("/v2/webhooks", json!({"url": rx.url, "event_types": ["job_created"]}), true),
+        // A client is an organization with its name or a person with a name.
+        ("/v2/clients", json!({}), false),
+        ("/v2/clients", json!({"organization": false, "organization_name": "Acme"}), false),
+        ("/v2/clients", json!({"organization": true, "first_name": "Ann"}), false),
+        ("/v2/clients", json!({"organization": true, "organization_name": "Acme"}), true),
+        ("/v2/clients", json!({"last_name": "Li"}), true),
+        // Scopes are named from the list the validation reads.
+        ("/v2/api_keys", json!({"name": "crm", "scopes": []}), false),
+        ("/v2/api_keys", json!({"name": "crm", "scopes": ["jobs:rw"]}), false),
+        ("/v2/api_keys", json!({"name": " ", "scopes": ["jobs:read"]}), false),
+        ("/v2/api_keys", json!({"name": "crm", "scopes": ["jobs:read", "webhooks:write"]}), true),
+    ];
+    for (path, body, fits) in cases {
+        assert_eq!(body_fits(&doc, "post", path, &body), fits, "the schema of POST {path} on {body}");
+        let r = app.post(path, body.clone()).await;
+        assert_eq!(r.status, if fits { 201 } else { 422 }, "POST {path} {body}: {}", r.body);
+    }
+    // A site keeps a name: PATCH cannot clear it.
+    let site = app.create("sites", json!({"name": "Depot"})).await;
+    assert!(!body_fits(&doc, "patch", "/v2/sites/{id}", &json!({"name": null})));
+    assert_eq!(app.patch(&format!("/v2/sites/{site}"), json!({"name": null})).await.status, 422);
+    assert!(body_fits(&doc, "patch", "/v2/sites/{id}", &json!({"description": "by the gate"})));
+    assert_eq!(app.patch(&format!("/v2/sites/{site}"), json!({"description": "by the gate"})).await.status, 200);
+    // A job action's body may be left out or be null, as its schema allows.
+    let job = app.create("jobs", json!({"description": "fit a boiler"})).await;
+    assert!(body_fits(&doc, "post", "/v2/jobs/{id}/{action}", &Value::Null));
+    let r = app
+        .send(reqwest::Method::POST, &format!("/v2/jobs/{job}/cancel"), Some(app.key.as_str()), Some(Value::Null))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Query parameters: what the document allows is what is accepted.
+    for (n, status) in [(0, 422), (1, 200), (100, 200), (101, 422)] {
+        assert_eq!(param_fits(&doc, "/v2/jobs", "limit", &json!(n)), status == 200, "the schema of limit={n}");
+        assert_eq!(app.get(&format!("/v2/jobs?limit={n}")).await.status, status, "limit={n}");
+    }
+    let hook = app.webhook(&rx.url, &["job_created"]).await;
+    for (filter, status) in [("failed", 200), ("scheduled", 200), ("sent", 422)] {
+        let path = "/v2/webhooks/{uuid}/requests";
+        assert_eq!(param_fits(&doc, path, "filter", &json!(filter)), status == 200, "the schema of filter={filter}");
+        let r = app.get(&format!("/v2/webhooks/{hook}/requests?filter={filter}")).await;
+        assert_eq!(r.status, status, "filter={filter}");
+    }
+    // A person without a name is refused with a message that reads once.
+    let r = app.post("/v2/clients", json!({})).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.body["message"], "first_name (or middle_name, or last_name) is required for a person");
+}
+
 async fn openapi_answers_validate_against_their_schemas(app: TestApp) {
     let doc = document(&app).await;
     let rx = Receiver::start().await;
