@@ -1,6 +1,7 @@
 //! The API contract: the OpenAPI document covers every route of the spec
 //! and every route it lists is served; real answers validate against their
-//! schemas; `/docs` is served; `/metrics` moves while delivering.
+//! schemas, and requests are accepted exactly when the document's schemas
+//! allow them; `/docs` is served; `/metrics` moves while delivering.
 
 use crate::helpers::TestApp;
 use crate::receiver::{Answer, Receiver};
