@@ -199,29 +199,28 @@ const CREATE_REQUIRES: &[(&str, &[&str])] = &[
 pub fn with_input_rules(doc: OpenApi) -> Value {
     let mut v = serde_json::to_value(&doc).expect("the document serialises");
     for (path, fields) in CREATE_REQUIRES {
-        let body = &mut v["paths"][*path]["post"]["requestBody"]["content"]["application/json"]["schema"];
-        assert!(body.is_object(), "{path} has a POST with a JSON body");
-        let mut overlay = json!({"type": "object", "required": fields, "properties": {}});
-        for field in *fields {
-            overlay["properties"][*field] = json!({"type": "string", "pattern": r"\S"});
-        }
-        if *path == "/v2/webhooks" {
-            overlay["required"].as_array_mut().expect("a list").push("event_types".into());
-            overlay["properties"]["event_types"] = json!({"type": "array", "minItems": 1});
-        }
-        *body = json!({"allOf": [body.take(), overlay]});
+        let each: Vec<Value> = fields.iter().map(|f| non_blank(f)).collect();
+        require_on_create(&mut v, path, json!({"allOf": each}));
     }
+    require_on_create(
+        &mut v,
+        "/v2/webhooks",
+        json!({"required": ["event_types"], "properties": {"event_types": {"type": "array", "minItems": 1}}}),
+    );
     // A client is an organization with its name, or a person with at least
     // one of three names (`ClientInput::create`).
-    let named = |field: &str| json!({"required": [field], "properties": {field: {"type": "string", "pattern": r"\S"}}});
-    let client = &mut v["paths"]["/v2/clients"]["post"]["requestBody"]["content"]["application/json"]["schema"];
-    *client = json!({"allOf": [client.take(), {"anyOf": [
-        {"allOf": [{"required": ["organization"], "properties": {"organization": {"const": true}}}, named("organization_name")]},
-        {"allOf": [
-            {"properties": {"organization": {"enum": [false, null]}}},
-            {"anyOf": [named("first_name"), named("middle_name"), named("last_name")]},
-        ]},
-    ]}]});
+    require_on_create(
+        &mut v,
+        "/v2/clients",
+        json!({"anyOf": [
+            {"allOf": [{"required": ["organization"], "properties": {"organization": {"const": true}}},
+                non_blank("organization_name")]},
+            {"allOf": [
+                {"properties": {"organization": {"enum": [false, null]}}},
+                {"anyOf": [non_blank("first_name"), non_blank("middle_name"), non_blank("last_name")]},
+            ]},
+        ]}),
+    );
     let event_types: Vec<&str> = EventType::ALL.iter().filter(|e| e.subscribable()).map(|e| e.name()).collect();
     let scopes: Vec<&str> = std::iter::once("*").chain(crate::domain::scope::ALL_SCOPES.iter().copied()).collect();
     let schemas = &mut v["components"]["schemas"];
@@ -229,6 +228,18 @@ pub fn with_input_rules(doc: OpenApi) -> Value {
     schemas["ApiKeyInput"]["properties"]["scopes"]["items"]["enum"] = json!(scopes);
     schemas["ApiKeyInput"]["properties"]["scopes"]["minItems"] = json!(1);
     v
+}
+
+/// The JSON body of `POST path` in `doc` must also satisfy `rule`.
+fn require_on_create(doc: &mut Value, path: &str, rule: Value) {
+    let body = &mut doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(body.is_object(), "{path} has a POST with a JSON body");
+    *body = json!({"allOf": [body.take(), rule]});
+}
+
+/// `field` is present, a string with something besides whitespace.
+fn non_blank(field: &str) -> Value {
+    json!({"required": [field], "properties": {field: {"type": "string", "pattern": r"\S"}}})
 }
 
 /// Adds the `webhooks` section (OpenAPI 3.1): one entry per event type.
