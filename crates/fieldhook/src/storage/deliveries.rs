@@ -153,12 +153,12 @@ pub async fn claim(
 ) -> Result<(Vec<Due>, Option<Position>)> {
     let now_us = to_micros(now);
     let due_by = if probe { i64::MAX } else { now_us };
-    let ordered = ordered_clause(target);
     let Conn::Sqlite(sqlite) = conn else {
         let until = to_micros(now + chrono::TimeDelta::from_std(lease).unwrap_or_default());
         let bounds = Leasing { limit, max_in_flight, now: now_us, due_by, until };
-        return claim_leased(conn, target, bounds, node, ordered, from).await;
+        return claim_leased(conn, target, bounds, node, target.ordering == Ordering::Entity, from).await;
     };
+    let ordered = ordered_clause(target);
     // From a position in claim order (see `due_positions`).
     let (from, from_send_at, from_uuid) = match from {
         Some(p) => (" AND (r.send_at, r.uuid) >= ($5, $6)", p.send_at, p.uuid.to_string()),
@@ -212,22 +212,23 @@ struct Leasing {
     until: i64,
 }
 
-/// PostgreSQL's claim, in three round trips: the webhook's row is locked,
-/// then one statement checks its status, counts the other nodes' leases,
-/// and picks, leases and reads the requests; then the commit.
+/// PostgreSQL's claim, in one round trip: one simple query locks the
+/// webhook's row, runs the claim statement, which checks the webhook's
+/// status, counts the other nodes' leases, and picks, leases and reads the
+/// requests, and commits.
 ///
 /// The row lock orders this claim with a pause, a resume or a removal of
 /// the webhook, and with the other nodes' claims for it. The status is read
 /// again under it: the list `target` came from may predate a pause that has
 /// been acknowledged since, and nothing is sent after that (webhooks.md).
-/// The lock is taken by a statement of its own, so that the next one
-/// starts with a snapshot that sees every commit made before the lock was
-/// granted: a pause, and the leases of a claim this one waited for. It is
-/// `NO KEY UPDATE`, the lock those changes themselves take, not `UPDATE`:
-/// every request a transaction inserts holds a key-share lock on its
-/// webhook's row (the foreign key) until it commits, and `FOR UPDATE`
-/// waited for each group commit of new events (docs/benchmarks.md,
-/// fifteenth round).
+/// The lock is taken by a statement of its own, so that the claim statement
+/// starts with a snapshot (READ COMMITTED takes one per statement) that
+/// sees every commit made before the lock was granted: a pause, and the
+/// leases of a claim this one waited for. It is `NO KEY UPDATE`, the lock
+/// those changes themselves take, not `UPDATE`: every request a transaction
+/// inserts holds a key-share lock on its webhook's row (the foreign key)
+/// until it commits, and `FOR UPDATE` waited for each group commit of new
+/// events (docs/benchmarks.md, fifteenth round).
 ///
 /// This node's own leases are not counted against the bound: they are
 /// requests whose POST has ended and whose result waits for the next batch
@@ -242,65 +243,124 @@ struct Leasing {
 /// taken: a drain's claims step over the dead index entries its own leases
 /// and results left at the head of the claim index (docs/benchmarks.md,
 /// sixteenth round); the caller decides when that is safe.
+///
+/// Until the twenty-third round the lock, the claim and the commit were
+/// three round trips, and a webhook's slots waited for all three between
+/// its POSTs. A simple query carries no parameters, so the claim statement
+/// is prepared on each connection (`PREPARE`, on the first claim that
+/// finds it missing) and run with `EXECUTE` and literal arguments. It is
+/// planned once per connection, not at every run: PostgreSQL otherwise
+/// plans a prepared statement's first five runs and often keeps doing so,
+/// and planning took 0.4–0.9 ms of a claim's ~1.5 ms here (sixteenth
+/// round). No literal in it would make a better plan: its limit is a
+/// subquery, and the claim index serves any webhook and time.
 async fn claim_leased(
     conn: &mut Conn,
     target: &Target,
     bounds: Leasing,
     node: &str,
-    ordered: &str,
+    ordered: bool,
     after: Option<Position>,
 ) -> Result<(Vec<Due>, Option<Position>)> {
-    let Leasing { limit, max_in_flight, now: now_us, due_by, until } = bounds;
-    let after_clause = if after.is_some() { " AND (r.send_at, r.uuid) > ($9, $10)" } else { "" };
-    // One simple query, one round trip. The uuid is this server's own
-    // value, printed, not text from a request. The claim statement is
-    // planned once per connection (a generic plan) rather than at every
-    // run: PostgreSQL otherwise plans a prepared statement's first five
-    // runs and often keeps doing so, and planning this one took 0.4–0.9 ms
-    // of a claim's ~1.5 ms here (docs/benchmarks.md, sixteenth round). No
-    // literal in it would make a better plan: its limit is a subquery, and
-    // the claim index serves any webhook and time.
-    let begin = format!(
-        "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan; \
-         SELECT 1 FROM webhooks WHERE uuid = '{}' FOR NO KEY UPDATE",
-        target.uuid
+    let Leasing { limit, max_in_flight, now, due_by, until } = bounds;
+    let statement = ClaimStatement { ordered, after: after.is_some() };
+    let webhook = literal(&target.uuid.to_string());
+    let mut args = format!(
+        "{webhook}, {now}, {limit}, {due_by}, {}, {until}, {}, {max_in_flight}",
+        literal(node),
+        literal(target.status.as_str())
     );
-    if let Err(e) = conn.execute_raw(&begin).await {
-        // A pooled connection must not go back inside a transaction.
-        let _ = conn.execute_raw("ROLLBACK").await;
-        return Err(e.into());
+    if let Some(p) = after {
+        args.push_str(&format!(", {}, {}", p.send_at, literal(&p.uuid.to_string())));
     }
     let text = format!(
-        "WITH live AS (SELECT 1 FROM webhooks WHERE uuid = $1 AND removed = 0 AND status = $7), \
-         others AS (SELECT COUNT(*) AS n FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
-         AND claimed_until IS NOT NULL AND claimed_until >= $2 AND claimed_by <> $5), \
-         picked AS (SELECT r.uuid FROM requests r WHERE EXISTS (SELECT 1 FROM live) AND {DUE_NOW}{ordered}{after_clause} \
-         ORDER BY r.send_at, r.uuid LIMIT GREATEST(LEAST($3, $8) - (SELECT n FROM others), 0) \
-         FOR UPDATE OF r SKIP LOCKED), \
-         leased AS (UPDATE requests q SET claimed_by = $5, claimed_until = $6 FROM picked \
-         WHERE q.uuid = picked.uuid \
-         RETURNING q.uuid, q.event_uuid, q.entity_version, q.attempt_no, q.retry_no, q.send_at) \
-         SELECT l.uuid, l.event_uuid, l.entity_version, l.attempt_no, l.retry_no, e.body, e.created_at, \
-         NULL AS row, l.send_at FROM leased l JOIN events e ON e.uuid = l.event_uuid ORDER BY l.send_at, l.uuid"
+        "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan; \
+         SELECT 1 FROM webhooks WHERE uuid = {webhook} FOR NO KEY UPDATE; \
+         EXECUTE {name}({args}); COMMIT",
+        name = statement.name()
     );
-    let mut q = sql::query(&text)
-        .bind(target.uuid.to_string())
-        .bind(now_us)
-        .bind(limit)
-        .bind(due_by)
-        .bind(node)
-        .bind(until)
-        .bind(target.status.as_str())
-        .bind(max_in_flight);
-    if let Some(p) = after {
-        q = q.bind(p.send_at).bind(p.uuid.to_string());
+    let mut prepared = false;
+    let mut sets = loop {
+        match conn.fetch_each_raw(&text).await {
+            Ok(sets) => break sets,
+            Err(e) => {
+                // A pooled connection must not go back inside a transaction.
+                let _ = conn.execute_raw("ROLLBACK").await;
+                if prepared || !statement.is_missing(&e) {
+                    return Err(e.into());
+                }
+                conn.execute_raw(&statement.prepare()).await?;
+                prepared = true;
+            }
+        }
+    };
+    // The statements' rows, in order: BEGIN, the two SETs, the lock, the
+    // claim, COMMIT.
+    const CLAIMED: usize = 4;
+    if sets.len() != CLAIMED + 2 {
+        return Err(anyhow::anyhow!("a claim ran {} statements, not {}", sets.len(), CLAIMED + 2).into());
     }
-    let claimed = q.fetch_all(&mut *conn).await.map_err(Into::into).and_then(|rows| {
-        let end = last_position(&rows)?;
-        Ok((dues(rows, target)?, end))
-    });
-    conn.execute_raw(if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
-    claimed
+    let rows = std::mem::take(&mut sets[CLAIMED]);
+    let end = last_position(&rows)?;
+    Ok((dues(rows, target)?, end))
+}
+
+/// A text as an SQL string literal. The claim's texts are this server's
+/// own values (uuids, a status), quoted all the same.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// One of the four forms of the PostgreSQL claim statement: with entity
+/// ordering or not, from a position in claim order or from the head.
+#[derive(Debug, Clone, Copy)]
+struct ClaimStatement {
+    ordered: bool,
+    after: bool,
+}
+
+impl ClaimStatement {
+    /// Its name on a connection.
+    fn name(self) -> &'static str {
+        match (self.ordered, self.after) {
+            (false, false) => "fieldhook_claim",
+            (false, true) => "fieldhook_claim_after",
+            (true, false) => "fieldhook_claim_ordered",
+            (true, true) => "fieldhook_claim_ordered_after",
+        }
+    }
+
+    /// Whether `e` says the connection has not prepared it yet.
+    fn is_missing(self, e: &sql::SqlError) -> bool {
+        matches!(e, sql::SqlError::Database { message, .. }
+            if message.contains("prepared statement") && message.contains(&format!("\"{}\"", self.name())))
+    }
+
+    /// The statement that prepares it: `$1` the webhook, `$2` now, `$3`
+    /// the caller's room, `$4` the latest `send_at` to take, `$5` this
+    /// node, `$6` the lease's end, `$7` the status the caller's list
+    /// says, `$8` the in-flight bound; with `after`, `$9` and `$10` the
+    /// position.
+    fn prepare(self) -> String {
+        let ordered = if self.ordered { ENTITY_ORDERED } else { "" };
+        let (after, after_types) =
+            if self.after { (" AND (r.send_at, r.uuid) > ($9, $10)", ", BIGINT, TEXT") } else { ("", "") };
+        format!(
+            "PREPARE {name} (TEXT, BIGINT, BIGINT, BIGINT, TEXT, BIGINT, TEXT, BIGINT{after_types}) AS \
+             WITH live AS (SELECT 1 FROM webhooks WHERE uuid = $1 AND removed = 0 AND status = $7), \
+             others AS (SELECT COUNT(*) AS n FROM requests WHERE webhook_uuid = $1 AND status = 'scheduled' \
+             AND claimed_until IS NOT NULL AND claimed_until >= $2 AND claimed_by <> $5), \
+             picked AS (SELECT r.uuid FROM requests r WHERE EXISTS (SELECT 1 FROM live) AND {DUE_NOW}{ordered}{after} \
+             ORDER BY r.send_at, r.uuid LIMIT GREATEST(LEAST($3, $8) - (SELECT n FROM others), 0) \
+             FOR UPDATE OF r SKIP LOCKED), \
+             leased AS (UPDATE requests q SET claimed_by = $5, claimed_until = $6 FROM picked \
+             WHERE q.uuid = picked.uuid \
+             RETURNING q.uuid, q.event_uuid, q.entity_version, q.attempt_no, q.retry_no, q.send_at) \
+             SELECT l.uuid, l.event_uuid, l.entity_version, l.attempt_no, l.retry_no, e.body, e.created_at, \
+             NULL AS row, l.send_at FROM leased l JOIN events e ON e.uuid = l.event_uuid ORDER BY l.send_at, l.uuid",
+            name = self.name()
+        )
+    }
 }
 
 /// Where the last of a PostgreSQL claim's rows (in claim order) stands.
@@ -339,15 +399,14 @@ fn dues(rows: Vec<sql::Row>, target: &Target) -> Result<Vec<Due>> {
 /// resource is still pending for the same webhook. (Every scheduled request
 /// of an entity-ordered webhook has `entity_ordered = 1`: see migration
 /// 0006; the term lets the query use the partial index.)
+const ENTITY_ORDERED: &str = " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.webhook_uuid = r.webhook_uuid \
+     AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' AND p.entity_ordered = 1 \
+     AND (p.entity_version < r.entity_version \
+          OR (p.entity_version = r.entity_version AND p.event_uuid < r.event_uuid)))";
+
+/// The claim's condition for `target`'s ordering.
 fn ordered_clause(target: &Target) -> &'static str {
-    if target.ordering == Ordering::Entity {
-        " AND NOT EXISTS (SELECT 1 FROM requests p WHERE p.webhook_uuid = r.webhook_uuid \
-           AND p.entity_uuid = r.entity_uuid AND p.status = 'scheduled' AND p.entity_ordered = 1 \
-           AND (p.entity_version < r.entity_version \
-                OR (p.entity_version = r.entity_version AND p.event_uuid < r.event_uuid)))"
-    } else {
-        ""
-    }
+    if target.ordering == Ordering::Entity { ENTITY_ORDERED } else { "" }
 }
 
 /// A request's place in claim order (`send_at`, then `uuid`).

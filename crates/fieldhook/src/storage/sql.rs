@@ -49,6 +49,9 @@ pub enum SqlError {
     /// The thread running a long read failed.
     #[error("a background read failed: {0}")]
     Task(String),
+    /// What was asked is not done on this backend (a caller's mistake).
+    #[error("not on this backend: {0}")]
+    Unsupported(&'static str),
 }
 
 impl SqlError {
@@ -417,6 +420,32 @@ impl Conn {
             }
             Conn::Postgres(c) => c.execute(sql).await.map(drop).map_err(SqlError::from),
         }
+    }
+
+    /// PostgreSQL: runs `sql`, statements without parameters separated by
+    /// semicolons, as one simple query — one round trip for all of them —
+    /// and returns the rows of each statement, in order (an empty list for
+    /// one that returns none). After an error the statements left are not
+    /// run, and a transaction the text began is left open, failed: the
+    /// caller rolls it back.
+    ///
+    /// # Errors
+    /// When a statement fails, a row cannot be read, or on SQLite.
+    pub async fn fetch_each_raw(&mut self, sql: &str) -> SqlResult<Vec<Vec<Row>>> {
+        use futures::TryStreamExt;
+        let Conn::Postgres(c) = self else {
+            return Err(SqlError::Unsupported("statements run as one simple query on PostgreSQL only"));
+        };
+        let (mut sets, mut rows) = (Vec::new(), Vec::new());
+        let mut results = sqlx::raw_sql(sql).fetch_many(&mut **c);
+        while let Some(item) = results.try_next().await? {
+            match item {
+                // A statement's end.
+                sqlx::Either::Left(_) => sets.push(pg_rows(std::mem::take(&mut rows))?),
+                sqlx::Either::Right(row) => rows.push(row),
+            }
+        }
+        Ok(sets)
     }
 }
 

@@ -1097,6 +1097,51 @@ async fn a_claim_from_a_list_read_before_a_pause_takes_nothing() {
     assert_eq!(claim_for(&app, &hook, read_targets().await).await.len(), 1, "resumed, the request is claimed");
 }
 
+/// PostgreSQL's claim is one simple query that runs a statement each
+/// connection prepares for itself, on the first claim that finds it missing.
+/// A connection that has lost it (`DEALLOCATE ALL`) prepares it again, both
+/// forms (from the head of the claim order, and after a position) work, and
+/// each claim commits its leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_claim_prepares_its_statement_where_it_is_missing() {
+    use fieldhook::storage::deliveries;
+    let Some((url, dir)) = fresh_database(Backend::Postgres).await else { return };
+    let app = spawn_with(Backend::Postgres, url, dir, |s| Settings { role: Some("api".into()), ..s }).await;
+    let hook = app.webhook("https://example.com/hook", &["client_created"]).await;
+    for name in ["first", "second", "third"] {
+        app.create("clients", json!({"first_name": name})).await;
+    }
+    let targets = deliveries::targets(&mut app.db.read.acquire().await.unwrap()).await.unwrap();
+    let target = targets.iter().find(|t| t.uuid.to_string() == hook).expect("the webhook is listed");
+    let now = fieldhook::clock::Clock::now(&app.clock);
+    let lease = Duration::from_secs(60);
+    // One connection throughout.
+    let mut conn = app.db.read.acquire().await.unwrap();
+    let mut claimed = Vec::new();
+    let mut from = None;
+    for round in 0..3 {
+        if round > 0 {
+            conn.execute_raw("DEALLOCATE ALL").await.unwrap();
+        }
+        let (due, end) =
+            deliveries::claim(&mut conn, target, 1, 16, now, false, lease, "one-node", from).await.unwrap();
+        assert_eq!(due.len(), 1, "claim {round}: {due:?}");
+        claimed.push(due[0].request);
+        // The second claim starts after the first's position; the third from the head.
+        from = if round == 0 { end } else { None };
+    }
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), 3, "each claim took a request of its own");
+    // Committed: another connection sees the three leases.
+    let leased: i64 = fieldhook::storage::sql::query_scalar("SELECT COUNT(*) FROM requests WHERE claimed_by = $1")
+        .bind("one-node")
+        .fetch_one(&app.db.read)
+        .await
+        .unwrap();
+    assert_eq!(leased, 3);
+}
+
 /// A claim of up to 10 due requests of `hook`, as the engine makes it, from
 /// the list of webhooks `targets`.
 async fn claim_for(
