@@ -692,6 +692,15 @@ fn bind_sent<'q>(q: sql::Query<'q>, a: &mut Attempt, outcome: &'static str) -> s
 
 /// The PostgreSQL statements of [`mark_sent`], one per chunk size, built
 /// once per process.
+///
+/// A request still waiting to be recorded is told by `outcome IS NULL`
+/// (only this statement ever sets an outcome, and with it `status =
+/// 'sent'`), not by `status = 'scheduled'`: that condition let PostgreSQL
+/// find the batch's rows through the partial claim index, which holds an
+/// entry for every request version since the last vacuum, and join them by
+/// hash. It did whenever the statistics counted few scheduled requests: 19
+/// to 37 ms for a batch of 64 in the latency phase (docs/benchmarks.md,
+/// twenty-third round). The primary key finds each row directly.
 fn mark_statements() -> &'static [(usize, String)] {
     static STATEMENTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
     STATEMENTS.get_or_init(|| {
@@ -715,7 +724,7 @@ fn mark_statements() -> &'static [(usize, String)] {
                      request_time_ms = v.column4, http_response_code = v.column5, \
                      http_response_headers = v.column6, http_response_body = v.column7, error_type = v.column8, \
                      error_description = v.column9, claimed_by = NULL, claimed_until = NULL \
-                     FROM (VALUES {}) AS v WHERE requests.uuid = v.column1 AND requests.status = 'scheduled' \
+                     FROM (VALUES {}) AS v WHERE requests.uuid = v.column1 AND requests.outcome IS NULL \
                      RETURNING uuid",
                     rows.join(", ")
                 );
