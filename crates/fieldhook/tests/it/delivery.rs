@@ -1144,6 +1144,58 @@ async fn a_postgresql_claim_prepares_its_statement_where_it_is_missing() {
     assert_eq!(leased, 3);
 }
 
+/// A result is recorded once: recording the same request's attempt again (a
+/// node whose lease ran out, say, records what another has recorded) changes
+/// nothing and counts nothing. PostgreSQL finds the requests that await
+/// their result by `outcome IS NULL`, which must mean `status =
+/// 'scheduled'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_is_recorded_once() {
+    use fieldhook::domain::webhook::RetryPolicy;
+    use fieldhook::storage::deliveries::{self, Attempt};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some((url, dir)) = fresh_database(backend).await else { continue };
+        // No engine of its own: the claim and the records are this test's.
+        let app = spawn_with(backend, url, dir, |s| Settings { role: Some("api".into()), ..s }).await;
+        let hook = app.webhook("https://example.com/hook", &["client_created"]).await;
+        app.create("clients", json!({"first_name": "once"})).await;
+        let targets = deliveries::targets(&mut app.db.read.acquire().await.unwrap()).await.unwrap();
+        let due = claim_for(&app, &hook, targets).await;
+        assert_eq!(due.len(), 1, "{backend:?}");
+        let now = fieldhook::clock::Clock::now(&app.clock);
+        let record = |code: u16| {
+            let attempt = Attempt {
+                due: due[0].clone(),
+                probe: false,
+                sent_at: now,
+                elapsed_ms: 1,
+                response_code: Some(code),
+                response_headers: None,
+                response_body: None,
+                error_type: None,
+                error_description: None,
+                retry_after: None,
+            };
+            let policy = RetryPolicy {
+                schedule: vec![Duration::from_secs(15)],
+                jitter: 0.0,
+                suspend_min_failures: 20,
+                suspend_after: Duration::from_secs(86400),
+                probe_interval: Duration::from_secs(60),
+            };
+            app.db.committer.write(move |conn| {
+                Box::pin(async move { deliveries::record(conn, &mut [attempt], &policy, now, &mut || 0.5).await })
+            })
+        };
+        assert_eq!(record(200).await.unwrap().attempts, 1, "{backend:?}: the first result is recorded");
+        let again = record(500).await.unwrap();
+        assert_eq!((again.attempts, again.retries), (0, 0), "{backend:?}: the second changes nothing");
+        let log = app.wait_for_log(&hook, "the recorded request", |l| l.len() == 1).await;
+        assert_eq!(log[0]["status"], "sent", "{backend:?}");
+        assert_eq!(log[0]["http_response_code"], 200, "{backend:?}");
+    }
+}
+
 /// A claim of up to 10 due requests of `hook`, as the engine makes it, from
 /// the list of webhooks `targets`.
 async fn claim_for(
