@@ -424,7 +424,7 @@ pub struct Position {
 /// first one it does not hold.
 pub fn due_positions(conn: &mut Conn, target: &Target, limit: i64, now: DateTime<Utc>) -> Result<Vec<Position>> {
     let Conn::Sqlite(sqlite) = conn else {
-        return Err(anyhow::anyhow!("claim positions are read on SQLite only").into());
+        return Err(sql::SqlError::Unsupported("claim positions are read on SQLite only").into());
     };
     let positions = sql::query(&format!(
         "SELECT r.send_at, r.uuid FROM requests r \

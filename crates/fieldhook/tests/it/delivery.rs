@@ -89,16 +89,9 @@ async fn requests_nobody_sends_yet_count_as_due() {
     for i in 0..2 {
         app.create("clients", json!({"first_name": format!("d{i}")})).await;
     }
-    let policy = fieldhook::domain::webhook::RetryPolicy {
-        schedule: vec![Duration::from_secs(10)],
-        jitter: 0.0,
-        suspend_min_failures: 10,
-        suspend_after: Duration::from_secs(3600),
-        probe_interval: Duration::from_secs(60),
-    };
     let config = fieldhook::delivery::DeliveryConfig {
         timeout: Duration::from_secs(1),
-        policy,
+        policy: test_policy(),
         max_in_flight_per_webhook: 16,
         allow_private_targets: true,
         token_ttl: Duration::from_secs(60),
@@ -1083,18 +1076,16 @@ async fn a_failed_tls_handshake_is_a_tls_failure() {
 /// status again under the webhook's row lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_from_a_list_read_before_a_pause_takes_nothing() {
-    use fieldhook::storage::deliveries;
     let Some((url, dir)) = fresh_database(Backend::Postgres).await else { return };
     // No engine of its own: the claims are this test's.
     let app = spawn_with(Backend::Postgres, url, dir, |s| Settings { role: Some("api".into()), ..s }).await;
     let hook = app.webhook("https://example.com/hook", &["client_created"]).await;
-    let read_targets = || async { deliveries::targets(&mut app.db.read.acquire().await.unwrap()).await.unwrap() };
-    let before_pause = read_targets().await;
+    let before_pause = listed_targets(&app).await;
     app.post(&format!("/v2/webhooks/{hook}/pause"), json!({})).await;
     app.create("clients", json!({"first_name": "after the pause"})).await;
     assert!(claim_for(&app, &hook, before_pause).await.is_empty(), "a request created after the pause was claimed");
     app.post(&format!("/v2/webhooks/{hook}/resume"), json!({})).await;
-    assert_eq!(claim_for(&app, &hook, read_targets().await).await.len(), 1, "resumed, the request is claimed");
+    assert_eq!(claim_for(&app, &hook, listed_targets(&app).await).await.len(), 1, "resumed, the request is claimed");
 }
 
 /// PostgreSQL's claim is one simple query that runs a statement each
@@ -1111,7 +1102,7 @@ async fn a_postgresql_claim_prepares_its_statement_where_it_is_missing() {
     for name in ["first", "second", "third"] {
         app.create("clients", json!({"first_name": name})).await;
     }
-    let targets = deliveries::targets(&mut app.db.read.acquire().await.unwrap()).await.unwrap();
+    let targets = listed_targets(&app).await;
     let target = targets.iter().find(|t| t.uuid.to_string() == hook).expect("the webhook is listed");
     let now = fieldhook::clock::Clock::now(&app.clock);
     let lease = Duration::from_secs(60);
@@ -1151,7 +1142,6 @@ async fn a_postgresql_claim_prepares_its_statement_where_it_is_missing() {
 /// 'scheduled'`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_is_recorded_once() {
-    use fieldhook::domain::webhook::RetryPolicy;
     use fieldhook::storage::deliveries::{self, Attempt};
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let Some((url, dir)) = fresh_database(backend).await else { continue };
@@ -1159,8 +1149,7 @@ async fn a_result_is_recorded_once() {
         let app = spawn_with(backend, url, dir, |s| Settings { role: Some("api".into()), ..s }).await;
         let hook = app.webhook("https://example.com/hook", &["client_created"]).await;
         app.create("clients", json!({"first_name": "once"})).await;
-        let targets = deliveries::targets(&mut app.db.read.acquire().await.unwrap()).await.unwrap();
-        let due = claim_for(&app, &hook, targets).await;
+        let due = claim_for(&app, &hook, listed_targets(&app).await).await;
         assert_eq!(due.len(), 1, "{backend:?}");
         let now = fieldhook::clock::Clock::now(&app.clock);
         let record = |code: u16| {
@@ -1176,13 +1165,7 @@ async fn a_result_is_recorded_once() {
                 error_description: None,
                 retry_after: None,
             };
-            let policy = RetryPolicy {
-                schedule: vec![Duration::from_secs(15)],
-                jitter: 0.0,
-                suspend_min_failures: 20,
-                suspend_after: Duration::from_secs(86400),
-                probe_interval: Duration::from_secs(60),
-            };
+            let policy = test_policy();
             app.db.committer.write(move |conn| {
                 Box::pin(async move { deliveries::record(conn, &mut [attempt], &policy, now, &mut || 0.5).await })
             })
@@ -1194,6 +1177,22 @@ async fn a_result_is_recorded_once() {
         assert_eq!(log[0]["status"], "sent", "{backend:?}");
         assert_eq!(log[0]["http_response_code"], 200, "{backend:?}");
     }
+}
+
+/// A retry policy for tests that run the engine's storage steps themselves.
+fn test_policy() -> fieldhook::domain::webhook::RetryPolicy {
+    fieldhook::domain::webhook::RetryPolicy {
+        schedule: vec![Duration::from_secs(10)],
+        jitter: 0.0,
+        suspend_min_failures: 10,
+        suspend_after: Duration::from_secs(3600),
+        probe_interval: Duration::from_secs(60),
+    }
+}
+
+/// The webhooks the engine would serve now, as a dispatch pass reads them.
+async fn listed_targets(app: &TestApp) -> Vec<std::sync::Arc<fieldhook::storage::deliveries::Target>> {
+    fieldhook::storage::deliveries::targets(&mut app.db.read.acquire().await.unwrap()).await.unwrap()
 }
 
 /// A claim of up to 10 due requests of `hook`, as the engine makes it, from
