@@ -965,15 +965,11 @@ impl Engine {
             let finished: Vec<(Uuid, Uuid)> = attempts.iter().map(|a| (a.due.request, a.due.webhook)).collect();
             let policy = s.config.policy.clone();
             let now = s.clock.now();
-            let written =
-                s.db.committer
-                    .write(move |conn| {
-                        Box::pin(async move {
-                            let mut unit = || rand::random::<f64>();
-                            deliveries::record(conn, &mut attempts, &policy, now, &mut unit).await
-                        })
-                    })
-                    .await;
+            let written = s
+                .db
+                .committer
+                .write(move |conn| Box::pin(async move { deliveries::record(conn, &mut attempts, &policy, now).await }))
+                .await;
             let failed = written.is_err();
             match written {
                 Ok(r) => {

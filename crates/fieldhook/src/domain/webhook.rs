@@ -327,6 +327,24 @@ impl RetryPolicy {
         })
     }
 
+    /// The jitter draw, in [0, 1), for the retry that follows failure
+    /// number `failures` of a request to `webhook`. It is drawn per webhook
+    /// and retry number, not per request: it still spreads the retries of
+    /// different endpoints apart, while requests of one webhook that failed
+    /// one after another are retried one after another, in the same order.
+    /// Drawn per request, it would shuffle them at every round, and a
+    /// receiver replicating by version (full replication, webhooks.md) that
+    /// refused a burst of versions behind a missing one would be offered the
+    /// missing one in the middle of the rest again, applying a version or two
+    /// per round — fewer than the schedule has rounds, for a burst of dozens.
+    pub fn jitter_unit(webhook: uuid::Uuid, failures: u32) -> f64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (webhook, failures).hash(&mut h);
+        // The top 53 bits: every such fraction is exact in an f64.
+        (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Whether a webhook that failed `consecutive` times in a row, failing
     /// since `failing_since`, should be suspended at `now`.
     pub fn should_suspend(&self, consecutive: i64, failing_since: DateTime<Utc>, now: DateTime<Utc>) -> bool {
@@ -404,6 +422,19 @@ mod tests {
         assert_eq!(p.delay(1, 0.5, Some(Duration::from_secs(120))), Some(Duration::from_secs(120)));
         assert_eq!(p.delay(1, 0.5, Some(Duration::from_secs(1))), Some(Duration::from_secs(15)));
         assert_eq!(p.delay(1, 0.5, Some(Duration::from_secs(10 * 86400))), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn the_jitter_is_one_draw_per_webhook_and_retry_number() {
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        assert_eq!(RetryPolicy::jitter_unit(a, 3), RetryPolicy::jitter_unit(a, 3));
+        let draws: Vec<f64> =
+            (1..=17).flat_map(|n| [RetryPolicy::jitter_unit(a, n), RetryPolicy::jitter_unit(b, n)]).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)), "{draws:?}");
+        // Spread, not one value: over 34 draws, both halves of [0, 1) occur.
+        assert!(draws.iter().any(|u| *u < 0.5) && draws.iter().any(|u| *u >= 0.5), "{draws:?}");
+        let distinct: std::collections::HashSet<u64> = draws.iter().map(|u| u.to_bits()).collect();
+        assert_eq!(distinct.len(), draws.len(), "webhooks and retry numbers draw apart");
     }
 
     #[test]

@@ -494,13 +494,15 @@ impl Attempt {
 /// statement is a round trip there, and the leases of unrecorded requests
 /// count against each webhook's in-flight bound. `unit` draws jitter in
 /// [0, 1). A request already finished elsewhere (e.g. after a lost lease)
-/// is skipped.
+/// is skipped. A webhook's retries are written in the order of its events
+/// (commit time, then version) and, sharing one jitter draw
+/// ([`RetryPolicy::jitter_unit`]), fall due in that order too: claims take
+/// equal `send_at`s by request uuid, and those are made in writing order.
 pub async fn record(
     conn: &mut Conn,
     attempts: &mut [Attempt],
     policy: &RetryPolicy,
     now: DateTime<Utc>,
-    unit: &mut (dyn FnMut() -> f64 + Send),
 ) -> Result<Recorded> {
     let mut recorded = Recorded::default();
     // The retry that follows each failure. Probes of a suspended webhook
@@ -515,7 +517,7 @@ pub async fn record(
             } else {
                 let failures = a.due.retry_no + 1;
                 policy
-                    .delay(failures as u32, unit(), a.retry_after)
+                    .delay(failures as u32, RetryPolicy::jitter_unit(a.due.webhook, failures as u32), a.retry_after)
                     .map(|d| (failures, now + chrono::TimeDelta::from_std(d).unwrap_or_default()))
             }
         })
@@ -532,6 +534,7 @@ pub async fn record(
     let mut marked = mark_sent(conn, attempts, &outcomes).await?;
     // Per webhook, in order: (succeeded, answered 410).
     let mut streaks: Vec<(Uuid, Vec<(bool, bool)>)> = Vec::new();
+    let mut follow_ups: Vec<(&Due, i64, DateTime<Utc>)> = Vec::new();
     for (a, retry) in attempts.iter().zip(retries) {
         // Taken out, so that a request listed twice is recorded once.
         if !marked.remove(&a.due.request) {
@@ -544,8 +547,7 @@ pub async fn record(
             (false, None) => recorded.exhausted += 1,
             (false, Some((retry_no, send_at))) => {
                 recorded.retries += 1;
-                let d = &a.due;
-                insert_retry(conn, d.request, d.attempt_no + 1, retry_no, to_micros(send_at), to_micros(now)).await?;
+                follow_ups.push((&a.due, retry_no, send_at));
             }
         }
         let entry = match streaks.iter_mut().find(|(w, _)| *w == a.due.webhook) {
@@ -556,6 +558,10 @@ pub async fn record(
             }
         };
         entry.1.push((success, a.response_code == Some(410)));
+    }
+    follow_ups.sort_by_key(|(d, _, _)| (d.webhook, d.event_created_at, d.entity_version));
+    for (d, retry_no, send_at) in follow_ups {
+        insert_retry(conn, d.request, d.attempt_no + 1, retry_no, to_micros(send_at), to_micros(now)).await?;
     }
     for (webhook, results) in streaks {
         update_streak(conn, webhook, &results, policy, now).await?;
