@@ -331,7 +331,8 @@ impl RetryPolicy {
     /// number `failures` of a request to `webhook`. It is drawn per webhook
     /// and retry number, not per request: it still spreads the retries of
     /// different endpoints apart, while requests of one webhook that failed
-    /// one after another are retried one after another, in the same order.
+    /// one after another are retried one after another, in the order their
+    /// retries were written (`storage::deliveries::record`: event order).
     /// Drawn per request, it would shuffle them at every round, and a
     /// receiver replicating by version (full replication, webhooks.md) that
     /// refused a burst of versions behind a missing one would be offered the

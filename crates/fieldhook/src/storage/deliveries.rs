@@ -492,12 +492,15 @@ impl Attempt {
 /// write per webhook per batch. On PostgreSQL the outcomes are written with
 /// a few multi-row statements ([`mark_sent`]), not one per attempt: every
 /// statement is a round trip there, and the leases of unrecorded requests
-/// count against each webhook's in-flight bound. `unit` draws jitter in
-/// [0, 1). A request already finished elsewhere (e.g. after a lost lease)
-/// is skipped. A webhook's retries are written in the order of its events
-/// (commit time, then version) and, sharing one jitter draw
-/// ([`RetryPolicy::jitter_unit`]), fall due in that order too: claims take
-/// equal `send_at`s by request uuid, and those are made in writing order.
+/// count against each webhook's in-flight bound. A request already
+/// finished elsewhere (e.g. after a lost lease) is skipped.
+///
+/// A batch's retries are written in the order of their events (commit
+/// time, then version), not in the order the answers came back: of
+/// parallel requests refused together, that order is a shuffle. One
+/// webhook's retries share a jitter draw ([`RetryPolicy::jitter_unit`]), so
+/// they fall due in that order too: claims take equal `send_at`s by request
+/// uuid, and those are made in writing order.
 pub async fn record(
     conn: &mut Conn,
     attempts: &mut [Attempt],

@@ -570,8 +570,8 @@ async fn last_write_wins_and_full_replication_receivers_converge(app: TestApp) {
     // take a day or more of retries: the clock moves up to eight days, past
     // the whole retry schedule, two minutes at a time at first. One swap
     // makes the replicator refuse every version behind it; those retries
-    // come back in the order they were refused, so each round applies the
-    // versions up to the next swap. Shuffled at every round, as they were
+    // come back in version order, so each round applies the versions up to
+    // the next swap. Shuffled at every round, as they were
     // when each request drew its own jitter, a round applied one or two,
     // and about one run in forty ran out of retries before the last.)
     for step in 0..400 {
@@ -1181,6 +1181,65 @@ async fn a_result_is_recorded_once() {
         let log = app.wait_for_log(&hook, "the recorded request", |l| l.len() == 1).await;
         assert_eq!(log[0]["status"], "sent", "{backend:?}");
         assert_eq!(log[0]["http_response_code"], 200, "{backend:?}");
+    }
+}
+
+/// Failures recorded together, answered in any order, are retried in the
+/// order of their events, all due at one moment: the next claim takes one
+/// job's versions in turn. (Each drawing its own jitter, they came back
+/// shuffled, and a receiver replicating by version refused most of them
+/// again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_recorded_together_are_retried_in_the_order_of_their_events() {
+    use fieldhook::storage::deliveries::{self, Attempt};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some((url, dir)) = fresh_database(backend).await else { continue };
+        // No engine of its own: the claims and the records are this test's.
+        let app = spawn_with(backend, url, dir, |s| Settings { role: Some("api".into()), ..s }).await;
+        let hook = app.webhook("https://example.com/hook", &["job_created", "job_updated"]).await;
+        let job = app.create("jobs", json!({"description": "v1"})).await;
+        for v in 2..=10 {
+            app.patch(&format!("/v2/jobs/{job}"), json!({"description": format!("v{v}")})).await;
+        }
+        let versions = |due: &[deliveries::Due]| -> Vec<i64> { due.iter().map(|d| d.entity_version).collect() };
+        let mut due = claim_for(&app, &hook, listed_targets(&app).await).await;
+        assert_eq!(versions(&due), (1..=10).collect::<Vec<_>>(), "{backend:?}: the first claim");
+        // The answers came back newest first, all of them 500.
+        due.reverse();
+        let now = fieldhook::clock::Clock::now(&app.clock);
+        let mut attempts: Vec<Attempt> = due
+            .into_iter()
+            .map(|due| Attempt {
+                due,
+                probe: false,
+                sent_at: now,
+                elapsed_ms: 1,
+                response_code: Some(500),
+                response_headers: None,
+                response_body: None,
+                error_type: None,
+                error_description: None,
+                retry_after: None,
+            })
+            .collect();
+        let mut policy = test_policy();
+        policy.jitter = 0.5;
+        let recorded = app
+            .db
+            .committer
+            .write(move |conn| Box::pin(async move { deliveries::record(conn, &mut attempts, &policy, now).await }))
+            .await
+            .unwrap();
+        assert_eq!(recorded.retries, 10, "{backend:?}");
+        let scheduled = app.requests(&hook, Some("scheduled")).await;
+        let send_at: std::collections::HashSet<&str> =
+            scheduled.iter().map(|r| r["send_at"].as_str().unwrap()).collect();
+        assert_eq!(send_at.len(), 1, "{backend:?}: one moment for all ten: {send_at:?}");
+        // Past the delay (10 s, ±50 %).
+        app.advance(Duration::from_secs(16));
+        let again = claim_for(&app, &hook, listed_targets(&app).await).await;
+        assert!(again.iter().all(|d| d.attempt_no == 2), "{backend:?}");
+        assert_eq!(versions(&again), (1..=10).collect::<Vec<_>>(), "{backend:?}: the retries, in version order");
     }
 }
 
