@@ -571,9 +571,9 @@ async fn last_write_wins_and_full_replication_receivers_converge(app: TestApp) {
     // the whole retry schedule, two minutes at a time at first. One swap
     // makes the replicator refuse every version behind it; those retries
     // come back in version order, so each round applies the versions up to
-    // the next swap. Shuffled at every round, as they were
-    // when each request drew its own jitter, a round applied one or two,
-    // and about one run in forty ran out of retries before the last.)
+    // the next swap. Shuffled at every round, as they were when each request
+    // drew its own jitter, a round applied one or two, and about one run in
+    // forty ran out of retries before the last.)
     for step in 0..400 {
         if full_holds.load(SeqCst) == final_version && lww_holds.load(SeqCst) == final_version {
             break;
@@ -1147,7 +1147,7 @@ async fn a_postgresql_claim_prepares_its_statement_where_it_is_missing() {
 /// 'scheduled'`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_is_recorded_once() {
-    use fieldhook::storage::deliveries::{self, Attempt};
+    use fieldhook::storage::deliveries;
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let Some((url, dir)) = fresh_database(backend).await else { continue };
         // No engine of its own: the claim and the records are this test's.
@@ -1158,18 +1158,7 @@ async fn a_result_is_recorded_once() {
         assert_eq!(due.len(), 1, "{backend:?}");
         let now = fieldhook::clock::Clock::now(&app.clock);
         let record = |code: u16| {
-            let attempt = Attempt {
-                due: due[0].clone(),
-                probe: false,
-                sent_at: now,
-                elapsed_ms: 1,
-                response_code: Some(code),
-                response_headers: None,
-                response_body: None,
-                error_type: None,
-                error_description: None,
-                retry_after: None,
-            };
+            let attempt = answered(due[0].clone(), code, now);
             let policy = test_policy();
             app.db.committer.write(move |conn| {
                 Box::pin(async move { deliveries::record(conn, &mut [attempt], &policy, now).await })
@@ -1191,7 +1180,7 @@ async fn a_result_is_recorded_once() {
 /// again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_recorded_together_are_retried_in_the_order_of_their_events() {
-    use fieldhook::storage::deliveries::{self, Attempt};
+    use fieldhook::storage::deliveries;
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let Some((url, dir)) = fresh_database(backend).await else { continue };
         // No engine of its own: the claims and the records are this test's.
@@ -1207,21 +1196,7 @@ async fn failures_recorded_together_are_retried_in_the_order_of_their_events() {
         // The answers came back newest first, all of them 500.
         due.reverse();
         let now = fieldhook::clock::Clock::now(&app.clock);
-        let mut attempts: Vec<Attempt> = due
-            .into_iter()
-            .map(|due| Attempt {
-                due,
-                probe: false,
-                sent_at: now,
-                elapsed_ms: 1,
-                response_code: Some(500),
-                response_headers: None,
-                response_body: None,
-                error_type: None,
-                error_description: None,
-                retry_after: None,
-            })
-            .collect();
+        let mut attempts: Vec<_> = due.into_iter().map(|due| answered(due, 500, now)).collect();
         let mut policy = test_policy();
         policy.jitter = 0.5;
         let recorded = app
@@ -1240,6 +1215,26 @@ async fn failures_recorded_together_are_retried_in_the_order_of_their_events() {
         let again = claim_for(&app, &hook, listed_targets(&app).await).await;
         assert!(again.iter().all(|d| d.attempt_no == 2), "{backend:?}");
         assert_eq!(versions(&again), (1..=10).collect::<Vec<_>>(), "{backend:?}: the retries, in version order");
+    }
+}
+
+/// An attempt of `due` answered with `code` at `now`, as the engine records it.
+fn answered(
+    due: fieldhook::storage::deliveries::Due,
+    code: u16,
+    now: chrono::DateTime<chrono::Utc>,
+) -> fieldhook::storage::deliveries::Attempt {
+    fieldhook::storage::deliveries::Attempt {
+        due,
+        probe: false,
+        sent_at: now,
+        elapsed_ms: 1,
+        response_code: Some(code),
+        response_headers: None,
+        response_body: None,
+        error_type: None,
+        error_description: None,
+        retry_after: None,
     }
 }
 
